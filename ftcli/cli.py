@@ -1,0 +1,177 @@
+"""The command line. Parsing only: each command loads the recipe and calls one function. No torch at import
+time, so `ftcli --help` and `ftcli validate` stay instant."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ftcli import __version__
+from ftcli.errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Fine-tune LLMs from one YAML recipe: ftcli train recipe.yaml [key.path=value ...]",
+)
+STATE = {"debug": False}
+
+RecipeArg = typer.Argument(..., help="recipe YAML file (or a bundled recipe name, see `ftcli recipes`)")
+OverridesArg = typer.Argument(None, help="dotted overrides, e.g. training.learning_rate=1e-4", show_default=False)
+JsonOpt = typer.Option(False, "--json", help="print the result as JSON on stdout")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ftcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks and library logs"),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version"),
+) -> None:
+    STATE["debug"] = debug
+
+
+def _load(recipe: str, overrides: Optional[List[str]]):
+    from ftcli.recipe import load_recipe
+    from ftcli.recipe.catalog import find_recipe
+
+    return load_recipe(find_recipe(recipe), overrides or [])
+
+
+def _quiet_libraries() -> None:
+    """Library progress bars and info logs would drown ours; --debug brings them back."""
+    if STATE["debug"]:
+        return
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    logging.getLogger("accelerate").setLevel(logging.ERROR)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # e.g. "pip install kernels" hints on CPU
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+@app.command()
+def validate(recipe: str = RecipeArg, overrides: Optional[List[str]] = OverridesArg, as_json: bool = JsonOpt):
+    """Check a recipe without running it and print it fully resolved (every default filled in)."""
+    import yaml
+
+    resolved = _load(recipe, overrides).model_dump(mode="json")
+    if as_json:
+        typer.echo(json.dumps(resolved, indent=2))
+    else:
+        typer.echo(yaml.safe_dump(resolved, sort_keys=False), nl=False)
+
+
+@app.command()
+def prepare(recipe: str = RecipeArg, overrides: Optional[List[str]] = OverridesArg, as_json: bool = JsonOpt):
+    """Tokenize and cache a recipe's data, and report rows kept, dropped, truncated and token counts."""
+    from ftcli import launch
+
+    loaded = _load(recipe, overrides)
+    _quiet_libraries()
+    result = launch.run_prepare(loaded)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=str))
+
+
+@app.command()
+def train(
+    recipe: str = RecipeArg,
+    overrides: Optional[List[str]] = OverridesArg,
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty output dir"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint in the output dir"),
+    as_json: bool = JsonOpt,
+):
+    """Train (pretrain or SFT) with full fine-tuning, LoRA, QLoRA, prefix or prompt tuning."""
+    from ftcli import launch
+
+    loaded = _load(recipe, overrides)
+    _quiet_libraries()
+    summary = launch.run_train(loaded, overwrite=overwrite, resume=resume)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@app.command()
+def align(recipe: str = RecipeArg, overrides: Optional[List[str]] = OverridesArg):
+    """DPO and reward-model training (not available in this version yet)."""
+    raise UserError("`ftcli align` (DPO, reward models) is not implemented in this version yet")
+
+
+@app.command()
+def infer(recipe: str = RecipeArg, overrides: Optional[List[str]] = OverridesArg):
+    """Generate with a trained model (not available in this version yet)."""
+    raise UserError("`ftcli infer` is not implemented in this version yet; load the run dir with transformers/peft")
+
+
+@app.command("recipes")
+def list_recipes(as_json: bool = JsonOpt):
+    """List the bundled recipes with a one-line description each."""
+    from ftcli.recipe.catalog import bundled_recipes
+
+    found = bundled_recipes()
+    if as_json:
+        typer.echo(json.dumps([{"name": n, "path": str(p), "description": d} for n, p, d in found], indent=2))
+        return
+    width = max((len(n) for n, _, _ in found), default=0)
+    for name, _, description in found:
+        typer.echo(f"{name.ljust(width)}  {description}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors exit 2 with one line, internal errors exit 1, Ctrl-C exits 130."""
+    import click
+
+    command = typer.main.get_command(app)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in argv[1:]:  # accept it after the command too
+        argv.remove("--debug")
+        argv.insert(0, "--debug")
+    try:
+        command.main(args=argv, prog_name="ftcli", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except UserError as exc:
+        if STATE["debug"]:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.stderr.close()  # a closed pipe (`| head`) is not an error
+        sys.exit(0)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, unless --debug
+        if STATE["debug"]:
+            raise
+        where = Path(sys.exc_info()[2].tb_frame.f_code.co_filename).name if sys.exc_info()[2] else ""
+        print(f"internal error: {type(exc).__name__}: {exc} ({where}; rerun with --debug for the traceback)",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(1)

@@ -1,0 +1,173 @@
+"""The data pipeline of a recipe: sources -> canonical rows -> tokens and labels -> packing -> cache.
+
+`ftcli prepare` runs it and prints its statistics; `ftcli train` runs it too and gets a cache hit when nothing
+that affects the tokens changed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ftcli.data.cache import data_cache_root, fingerprint, load_cached, save_cached, source_fingerprint
+from ftcli.data.cache import tokenizer_fingerprint
+from ftcli.data.packing import pack_rows
+from ftcli.data.sources import ROW, load_source
+from ftcli.data.templates import resolve_template
+from ftcli.data.tokenize import BAD, DROPPED_NO_LABELS, DROPPED_OVERLONG, IGNORE, OK, SPLIT, TRUNCATED
+from ftcli.data.tokenize import RowTokenizer
+from ftcli.errors import DataError
+from ftcli.recipe.schema import DataSource, Recipe
+
+KEEP = (OK, TRUNCATED, SPLIT)
+
+
+@dataclass
+class PreparedData:
+    train: object  # datasets.Dataset: input_ids, labels (+ seq_lengths when packed)
+    eval: object | None
+    stats: dict
+    cache_dir: str
+    cache_hit: bool
+    packed: bool
+    extra: dict = field(default_factory=dict)
+
+
+def prepare_data(recipe: Recipe, tokenizer, log: Callable[[str], None] = lambda _: None) -> PreparedData:
+    data = recipe.data
+    packed = recipe.packing_enabled()
+    needs_template = any((s.format or data.format) in ("chat", "instruction") for s in _all_sources(recipe))
+    template = resolve_template(data.template, tokenizer) if needs_template else None
+    key = fingerprint(
+        {
+            "data": data.model_dump(mode="json", exclude={"cache_dir", "num_proc"}),
+            "task": recipe.task,
+            "packed": packed,
+            "template": template,
+            "tokenizer": tokenizer_fingerprint(tokenizer),
+            "files": [source_fingerprint(s.path) for s in _all_sources(recipe)],
+        }
+    )
+    root = data_cache_root(data.cache_dir)
+    cached = load_cached(root, key)
+    if cached is not None:
+        train, evaluation, stats = cached
+        log(f"prepared data: cache hit {root / key}")
+        return PreparedData(train, evaluation, stats, str(root / key), True, packed)
+
+    import datasets
+
+    datasets.disable_progress_bars()
+    start = time.perf_counter()
+    train_parts, eval_parts, source_stats = [], [], []
+    for group, sources in (("sources", data.sources), ("eval_sources", data.eval_sources)):
+        for i, src in enumerate(sources):
+            log(f"tokenizing {src.path}")
+            part, counts = _tokenize_source(recipe, src, f"data.{group}.{i}", tokenizer, template)
+            (train_parts if group == "sources" else eval_parts).append(part)
+            source_stats.append({"path": src.path, "split": "train" if group == "sources" else "eval", **counts})
+
+    train = datasets.concatenate_datasets(train_parts) if len(train_parts) > 1 else train_parts[0]
+    evaluation = None
+    if eval_parts:
+        evaluation = datasets.concatenate_datasets(eval_parts) if len(eval_parts) > 1 else eval_parts[0]
+    elif data.eval_fraction:
+        if len(train) < 2:
+            raise DataError("too few rows to hold out an eval split; lower data.eval_fraction or add data")
+        split = train.train_test_split(test_size=max(1, round(len(train) * data.eval_fraction)), seed=data.seed)
+        train, evaluation = split["train"], split["test"]
+    if len(train) == 0:
+        raise DataError("no training rows left after tokenization (all dropped or bad); see `ftcli prepare`")
+
+    stats = {"sources": source_stats, "train": _split_stats(train)}
+    if evaluation is not None:
+        stats["eval"] = _split_stats(evaluation)
+    if packed:
+        train = _pack(train, data.max_length, data.seed)
+        stats["train"].update(_packing_stats(train, data.max_length))
+        if evaluation is not None:
+            evaluation = _pack(evaluation, data.max_length, data.seed)
+            stats["eval"].update(_packing_stats(evaluation, data.max_length))
+    seconds = time.perf_counter() - start
+    rows_read = sum(s["rows_read"] for s in source_stats)
+    stats.update(
+        fingerprint=key,
+        packed=packed,
+        max_length=data.max_length,
+        seconds=round(seconds, 3),
+        rows_per_s=round(rows_read / seconds, 1) if seconds > 0 else None,
+    )
+    entry = save_cached(root, key, train, evaluation, stats)
+    cached = load_cached(root, key)  # memory-mapped from the cache, like a later hit
+    return PreparedData(cached[0], cached[1], stats, str(entry), False, packed)
+
+
+def _all_sources(recipe: Recipe) -> list[DataSource]:
+    return [*recipe.data.sources, *recipe.data.eval_sources]
+
+
+def _tokenize_source(recipe: Recipe, src: DataSource, key: str, tokenizer, template):
+    data = recipe.data
+    ds = load_source(src, key)
+    rows_read = len(ds)
+    if data.shuffle:
+        ds = ds.shuffle(seed=data.seed)
+    if src.max_samples:
+        ds = ds.select(range(min(src.max_samples, len(ds))))
+    if src.weight:
+        n = max(1, round(len(ds) * src.weight))
+        ds = ds.select([i % len(ds) for i in range(n)])
+    fmt = src.format or data.format
+    columns = src.columns if src.columns is not None else data.columns
+    tokenize = RowTokenizer(tokenizer, fmt, columns, template, data.train_on, data.max_length, data.overlong)
+    num_proc = data.num_proc if data.num_proc and data.num_proc > 1 else None
+    out = ds.map(tokenize, batched=True, batch_size=256, remove_columns=ds.column_names, num_proc=num_proc)
+    statuses = out["status"]
+    counts = Counter(statuses)
+    if counts[BAD]:
+        first = next(i for i, s in enumerate(statuses) if s == BAD)
+        if data.on_bad_rows == "error":
+            raise DataError(
+                f"{out[first]['error']} (set data.on_bad_rows: skip to skip such rows)",
+                file=src.path,
+                row=out[first][ROW],
+            )
+    keep = [i for i, s in enumerate(statuses) if s in KEEP]
+    return out.select(keep).select_columns(["input_ids", "labels"]), {
+        "rows_read": rows_read,
+        "rows_used": len(ds),
+        "kept": len(keep),
+        "truncated": counts[TRUNCATED],
+        "split_long": counts[SPLIT],
+        "dropped_overlong": counts[DROPPED_OVERLONG],
+        "dropped_no_labels": counts[DROPPED_NO_LABELS],
+        "bad_skipped": counts[BAD],
+    }
+
+
+def _pack(ds, max_length: int, seed: int):
+    import datasets
+
+    return datasets.Dataset.from_dict(pack_rows(list(ds["input_ids"]), list(ds["labels"]), max_length, seed))
+
+
+def _split_stats(ds) -> dict:
+    lengths = sorted(len(x) for x in ds["input_ids"])
+    labels = sum(sum(1 for t in row if t != IGNORE) for row in ds["labels"])
+    pick = lambda q: lengths[min(len(lengths) - 1, int(q * len(lengths)))] if lengths else 0  # noqa: E731
+    return {
+        "rows": len(lengths),
+        "tokens": sum(lengths),
+        "label_tokens": labels,
+        "length_p50": pick(0.5),
+        "length_p90": pick(0.9),
+        "length_p99": pick(0.99),
+        "length_max": lengths[-1] if lengths else 0,
+    }
+
+
+def _packing_stats(packed, max_length: int) -> dict:
+    tokens = sum(len(x) for x in packed["input_ids"])
+    return {"packed_rows": len(packed), "packing_efficiency": round(tokens / (len(packed) * max_length), 4)}

@@ -1,0 +1,70 @@
+"""Read one recipe data source (local file/folder or hub dataset) into a `datasets.Dataset`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ftcli.errors import DataError
+from ftcli.recipe.schema import DataSource
+
+BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+ROW = "__row"  # 1-based row number inside its source, kept for error messages
+
+
+def load_source(src: DataSource, key: str):
+    """Load a source with a 1-based `__row` column. `key` is its recipe path (data.sources.0) for errors."""
+    import datasets
+
+    path = Path(src.path)
+    if path.exists():
+        files = _local_files(path, key)
+        builder = BUILDERS[files[0].suffix]
+        try:
+            ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
+        except Exception as exc:  # noqa: BLE001 - datasets raises many types for one bad file
+            raise _explain_load_failure(files, exc) from None
+    else:
+        try:
+            ds = datasets.load_dataset(src.path, src.name, split=src.split, revision=src.revision)
+        except Exception as exc:  # noqa: BLE001
+            raise DataError(
+                f"cannot load hub dataset {src.path!r} (split {src.split!r}): {str(exc).splitlines()[0]}; "
+                f"check {key}.path/name/split, or that you are online and logged in for gated data",
+            ) from None
+    if len(ds) == 0:
+        raise DataError(f"dataset is empty ({key}); point it at a file with rows", file=src.path)
+    return ds.add_column(ROW, list(range(1, len(ds) + 1)))
+
+
+def _local_files(path: Path, key: str) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in BUILDERS and p.is_file())
+        if not files:
+            raise DataError(f"no {'/'.join(BUILDERS)} files in this folder ({key}.path)", file=str(path))
+        kinds = {BUILDERS[f.suffix] for f in files}
+        if len(kinds) > 1:
+            raise DataError(f"folder mixes file types {sorted(kinds)}; use one source per type", file=str(path))
+        return files
+    if path.suffix not in BUILDERS:
+        raise DataError(f"unsupported file type {path.suffix!r}; use one of {', '.join(BUILDERS)}", file=str(path))
+    return [path]
+
+
+def _explain_load_failure(files: list[Path], exc: Exception) -> DataError:
+    """datasets' JSON errors carry no line numbers: find the first bad line ourselves."""
+    for file in files:
+        if file.suffix == ".jsonl":
+            with file.open(encoding="utf-8", errors="replace") as handle:
+                for line_no, line in enumerate(handle, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        value = json.loads(line)
+                    except json.JSONDecodeError as err:
+                        return DataError(f"line {line_no} is not valid JSON ({err.msg}); fix or remove it",
+                                         file=str(file))  # fmt: skip
+                    if not isinstance(value, dict):
+                        return DataError(f"line {line_no} is not a JSON object", file=str(file))
+    cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return DataError(f"cannot read: {cause}", file=", ".join(str(f) for f in files))

@@ -1,0 +1,62 @@
+"""Prompt templates: the tokenizer's own chat template by default, a named one, or inline Jinja from the recipe.
+
+All of them are chat templates (Jinja over `messages`), rendered by the tokenizer's `apply_chat_template`, so
+the same code masks labels for every template.
+"""
+
+from __future__ import annotations
+
+from ftcli.errors import RecipeError
+
+ALPACA_PREAMBLE = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+)
+NAMED_TEMPLATES = {
+    "chatml": (
+        "{% for message in messages %}"
+        "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ),
+    "alpaca": (
+        "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\n\n' }}"
+        "{% else %}{{ '" + ALPACA_PREAMBLE + "\n\n' }}{% endif %}"
+        "{% for message in messages %}"
+        "{% if message['role'] == 'user' %}{{ '### Instruction:\n' + message['content'] + '\n\n' }}"
+        "{% elif message['role'] == 'assistant' %}{{ '### Response:\n' + message['content'] + eos_token + '\n\n' }}"
+        "{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '### Response:\n' }}{% endif %}"
+    ),
+    "llama2": (
+        "{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}"
+        "{% set messages = messages[1:] %}{% else %}{% set system = '' %}{% endif %}"
+        "{% for message in messages %}"
+        "{% if message['role'] == 'user' %}"
+        "{% if loop.first and system %}{% set content = '<<SYS>>\n' + system + '\n<</SYS>>\n\n' + message['content'] %}"
+        "{% else %}{% set content = message['content'] %}{% endif %}"
+        "{{ bos_token + '[INST] ' + content + ' [/INST]' }}"
+        "{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] + ' ' + eos_token }}{% endif %}"
+        "{% endfor %}"
+    ),
+}
+
+
+def resolve_template(template: str | None, tokenizer) -> str:
+    """The Jinja chat template to render rows with."""
+    if template is None:
+        if getattr(tokenizer, "chat_template", None):
+            return tokenizer.chat_template
+        raise RecipeError(
+            f"the tokenizer has no chat template; set data.template to one of {', '.join(NAMED_TEMPLATES)} "
+            "or to inline Jinja",
+            key="data.template",
+        )
+    if template in NAMED_TEMPLATES:
+        return NAMED_TEMPLATES[template]
+    if "{{" in template or "{%" in template:
+        return template
+    raise RecipeError(
+        f"unknown template {template!r}; use one of {', '.join(NAMED_TEMPLATES)}, inline Jinja, or leave it unset "
+        "for the tokenizer's own",
+        key="data.template",
+    )

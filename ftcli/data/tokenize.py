@@ -1,0 +1,167 @@
+"""Canonical rows -> input_ids + labels, with loss only where the recipe wants it.
+
+Chat rows are rendered with the chat template. The assistant spans are found by rendering each conversation
+prefix (up to the assistant turn, with the generation prompt) and the turn itself: the characters in between are
+the answer plus the template's end-of-turn marker, and exactly those tokens are labels. This works with any chat
+template that renders prefixes consistently, without `{% generation %}` markers.
+
+Used as a batched `datasets.map` function, so it must stay picklable (num_proc > 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ftcli.data.formats import BadRow, canonical_row
+
+IGNORE = -100
+OK, TRUNCATED, SPLIT = "ok", "truncated", "split"
+DROPPED_OVERLONG, DROPPED_NO_LABELS, BAD = "dropped:overlong", "dropped:no_labels", "bad"
+
+
+@dataclass
+class RowTokenizer:
+    tokenizer: object
+    fmt: str
+    columns: dict
+    template: str
+    train_on: str  # completion | all
+    max_length: int
+    overlong: str  # truncate | drop
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        names = list(batch)
+        rows = [dict(zip(names, values)) for values in zip(*batch.values())]
+        out: dict[str, list] = {k: [] for k in ("input_ids", "labels", "status", "raw_length", "__row", "error")}
+        canon, errors = [], []
+        for row in rows:
+            try:
+                canon.append(canonical_row(self.fmt, row, self.columns))
+                errors.append(None)
+            except BadRow as bad:
+                canon.append(None)
+                errors.append(f"field '{bad.field}': {bad.message}")
+        encoded = self._encode([c for c in canon if c is not None])
+        it = iter(encoded)
+        for row, c, error in zip(rows, canon, errors):
+            pieces = [] if c is None else next(it)
+            if isinstance(pieces, BadRow):
+                error, pieces = f"field '{pieces.field}': {pieces.message}", []
+            if error:
+                self._emit(out, row, [], [], BAD, 0, error)
+                continue
+            for ids, labels, status, raw in pieces:
+                self._emit(out, row, ids, labels, status, raw, None)
+        return out
+
+    @staticmethod
+    def _emit(out, row, ids, labels, status, raw, error):
+        out["input_ids"].append(ids)
+        out["labels"].append(labels)
+        out["status"].append(status)
+        out["raw_length"].append(raw)
+        out["__row"].append(row.get("__row", 0))
+        out["error"].append(error)
+
+    # --- encoders: each returns, per canonical row, a list of (ids, labels, status, raw_length) or a BadRow ---
+
+    def _encode(self, canon: list[dict]) -> list:
+        if self.fmt == "text":
+            return self._encode_text(canon)
+        if self.fmt == "completion":
+            return self._encode_completion(canon)
+        return self._encode_chat(canon)
+
+    def _encode_text(self, canon: list[dict]) -> list:
+        tok = self.tokenizer
+        encoded = tok([c["text"] for c in canon])["input_ids"] if canon else []
+        results = []
+        for ids in encoded:
+            if not ids or ids[-1] != tok.eos_token_id:
+                ids = ids + [tok.eos_token_id]
+            # Pretraining keeps every token: long documents become several max_length pieces.
+            chunks = [ids[i : i + self.max_length] for i in range(0, len(ids), self.max_length)]
+            status = SPLIT if len(chunks) > 1 else OK
+            results.append([(c, list(c), status, len(ids)) for c in chunks if len(c) > 1])
+        return results
+
+    def _encode_completion(self, canon: list[dict]) -> list:
+        tok = self.tokenizer
+        if not canon:
+            return []
+        prompts = tok([c["prompt"] for c in canon])["input_ids"]
+        completions = tok([c["completion"] for c in canon], add_special_tokens=False)["input_ids"]
+        results = []
+        for p, c in zip(prompts, completions):
+            c = c + [tok.eos_token_id]
+            ids = p + c
+            labels = ids if self.train_on == "all" else [IGNORE] * len(p) + c
+            results.append(self._fit(ids, labels))
+        return results
+
+    def _encode_chat(self, canon: list[dict]) -> list:
+        texts, spans, failures = [], [], {}
+        for i, c in enumerate(canon):
+            try:
+                text, row_spans = self._render(c["messages"])
+            except BadRow as bad:
+                failures[i] = bad
+                text, row_spans = "", []
+            texts.append(text)
+            spans.append(row_spans)
+        if not texts:
+            return []
+        enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        special = set(self.tokenizer.all_special_ids)
+        results = []
+        for i, (ids, offsets, row_spans) in enumerate(zip(enc["input_ids"], enc["offset_mapping"], spans)):
+            if i in failures:
+                results.append(failures[i])
+                continue
+            if self.train_on == "all":
+                labels = list(ids)
+            else:
+                labels = [t if any(s <= o[0] < e for s, e in row_spans) else IGNORE for t, o in zip(ids, offsets)]
+            last = max((j for j, lab in enumerate(labels) if lab != IGNORE), default=None)
+            # A model must learn to stop: if the template ends an answer without a special token, add EOS.
+            if last is not None and last == len(ids) - 1 and ids[last] not in special:
+                ids, labels = ids + [self.tokenizer.eos_token_id], labels + [self.tokenizer.eos_token_id]
+            results.append(self._fit(ids, labels))
+        return results
+
+    def _render(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+        render = self._apply
+        full = render(messages, False)
+        row_spans = []
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            start = render(messages[:i], True) if i else ""
+            end = render(messages[: i + 1], False)
+            if not (full.startswith(end) and end.startswith(start)):
+                raise BadRow(
+                    "messages",
+                    "the chat template renders a conversation prefix differently from the whole conversation, so "
+                    "the answer tokens cannot be located; set data.template (e.g. chatml) or data.train_on: all",
+                )
+            row_spans.append((len(start), len(end)))
+        return full, row_spans
+
+    def _apply(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        try:
+            return self.tokenizer.apply_chat_template(
+                messages, chat_template=self.template, tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+        except Exception as exc:  # noqa: BLE001 - a template's own raise_exception or a Jinja error
+            raise BadRow("messages", f"chat template rejected this conversation: {exc}") from None
+
+    def _fit(self, ids: list[int], labels: list[int]) -> list[tuple]:
+        raw = len(ids)
+        status = OK
+        if raw > self.max_length:
+            if self.overlong == "drop":
+                return [([], [], DROPPED_OVERLONG, raw)]
+            ids, labels, status = ids[: self.max_length], labels[: self.max_length], TRUNCATED
+        if all(lab == IGNORE for lab in labels[1:]):
+            return [([], [], DROPPED_NO_LABELS, raw)]
+        return [(ids, labels, status, raw)]

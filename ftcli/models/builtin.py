@@ -1,0 +1,123 @@
+"""Builtin tiny models (`model.name: builtin:NAME`), made in code with fixed-seed random weights.
+
+They exist for smoke runs, tests and CI on machines without the hub, not for quality. Each is materialized once
+into a cache dir (atomically, so parallel workers never see half a model) and then loads by path like any
+checkpoint, through plain `from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+# Bump when a builtin's weights, config or tokenizer change, so old caches are not reused.
+BUILTIN_VERSION = 1
+PAD, EOS, IM_START, IM_END = "<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+# name -> (architecture, config kwargs, one-line description). initializer_range is raised from the usual 0.02
+# so that adapters on a random model can reach confident logits (lm_head rows are not adapted by LoRA).
+BUILTINS: dict[str, tuple[str, dict, str]] = {
+    "tiny-llama": (
+        "llama",
+        dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False,
+             initializer_range=0.1),
+        "LLaMA architecture, ~360K parameters, byte-level tokenizer with a ChatML template",
+    ),
+    "bench-llama": (
+        "llama",
+        dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
+             num_key_value_heads=4, max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False,
+             initializer_range=0.1),
+        "LLaMA architecture, ~3.1M parameters, the throughput benchmark's model",
+    ),
+}  # fmt: skip
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("FTCLI_CACHE") or Path.home() / ".cache" / "ftcli")
+
+
+def is_builtin(name: str) -> bool:
+    return name.startswith("builtin:")
+
+
+def builtin_path(name: str) -> Path:
+    """The local dir of a builtin model, materializing it on first use."""
+    from ftcli.errors import RecipeError
+
+    short = name.removeprefix("builtin:")
+    if short not in BUILTINS:
+        raise RecipeError(f"unknown builtin model {short!r}; builtins are {', '.join(BUILTINS)}", key="model.name")
+    target = cache_root() / "builtin" / f"{short}-v{BUILTIN_VERSION}"
+    if not (target / "config.json").exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{short}-", dir=target.parent))
+        try:
+            _materialize(short, tmp)
+            try:
+                os.rename(tmp, target)
+            except OSError:  # another process won the race: its copy is identical
+                pass
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def build_byte_tokenizer():
+    """A byte-level BPE tokenizer with no merges: 256 byte tokens + 4 specials, and a ChatML chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    byte_chars = _bytes_to_unicode()
+    vocab = {byte_chars[b]: b for b in range(256)}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS, pad_token=PAD)
+    tokenizer.add_special_tokens({"additional_special_tokens": [IM_START, IM_END]})
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def _materialize(short: str, out: Path) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    arch, kwargs, _ = BUILTINS[short]
+    tokenizer = build_byte_tokenizer()
+    ids = tokenizer.convert_tokens_to_ids
+    config = AutoConfig.for_model(
+        arch, vocab_size=len(tokenizer), bos_token_id=None, eos_token_id=ids(EOS), pad_token_id=ids(PAD), **kwargs
+    )
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    try:
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    # A chat model stops at the end of its turn as well as at end-of-text.
+    model.generation_config = GenerationConfig(eos_token_id=[ids(EOS), ids(IM_END)], pad_token_id=ids(PAD))
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map (what ByteLevel pre-tokenization emits)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return chars

@@ -1,0 +1,105 @@
+"""Load a recipe's tokenizer and base model: hub id, local dir, run dir or builtin, with dtype and quantization."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ftcli.errors import RecipeError, UserError
+from ftcli.models.builtin import builtin_path, is_builtin
+from ftcli.recipe.schema import ModelSpec, Recipe
+
+
+def model_source(spec: ModelSpec) -> str:
+    """Where from_pretrained should look: a builtin's cache dir, a local dir, or the hub id."""
+    if is_builtin(spec.name):
+        return str(builtin_path(spec.name))
+    path = Path(spec.name)
+    if path.is_dir() and not (path / "config.json").exists():
+        if (path / "adapter_config.json").exists():
+            hint = f"; a merged copy is in {path / 'merged'}" if (path / "merged" / "config.json").exists() else ""
+            raise RecipeError(
+                f"{spec.name} holds a PEFT adapter, not full weights: set model.adapter to it and model.name to its "
+                f"base{hint}",
+                key="model.name",
+            )
+        raise RecipeError(f"{spec.name} has no config.json; is it a model or run dir?", key="model.name")
+    return spec.name
+
+
+def load_tokenizer(spec: ModelSpec):
+    from transformers import AutoTokenizer
+
+    source = model_source(spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        raise _load_error(spec, exc) from None
+    if tokenizer.pad_token is None:
+        # Padding is never attended to nor learned from, so EOS is a safe stand-in.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def compute_dtype(recipe: Recipe):
+    """The training dtype: explicit in the recipe, else bf16 on GPUs that have it, else fp32."""
+    import torch
+
+    choice = recipe.model.dtype
+    if choice == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[choice]
+
+
+def quantization_config(recipe: Recipe):
+    method = recipe.method
+    if method.type != "qlora":
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if method.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    dtype = compute_dtype(recipe) if method.compute_dtype == "auto" else getattr(torch, method.compute_dtype)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=method.quant_type,
+        bnb_4bit_use_double_quant=method.double_quant,
+        bnb_4bit_compute_dtype=dtype,
+        bnb_4bit_quant_storage=dtype,
+    )
+
+
+def load_base_model(recipe: Recipe, device_map=None):
+    """The base causal LM, quantized for QLoRA, in the recipe's dtype."""
+    from transformers import AutoModelForCausalLM
+
+    spec = recipe.model
+    kwargs = dict(
+        revision=spec.revision,
+        trust_remote_code=spec.trust_remote_code,
+        dtype=compute_dtype(recipe),
+        quantization_config=quantization_config(recipe),
+    )
+    if spec.attn_implementation:
+        kwargs["attn_implementation"] = spec.attn_implementation
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    elif recipe.method.type == "qlora":
+        import torch
+
+        kwargs["device_map"] = {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
+    try:
+        return AutoModelForCausalLM.from_pretrained(model_source(spec), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise _load_error(spec, exc) from None
+
+
+def _load_error(spec: ModelSpec, exc: Exception) -> UserError:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "gated" in text.lower() or "401" in text or "403" in text:
+        return RecipeError(
+            f"{spec.name} is gated: request access on its hub page, then `hf auth login` ({text})", key="model.name"
+        )
+    return RecipeError(f"cannot load {spec.name}: {text}", key="model.name")

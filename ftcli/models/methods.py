@@ -1,0 +1,110 @@
+"""Apply the recipe's adaptation method to a loaded base: full (with name-matched freezing), LoRA, QLoRA,
+prefix or prompt tuning, all through peft where peft has it."""
+
+from __future__ import annotations
+
+from ftcli.errors import RecipeError
+from ftcli.recipe.schema import Recipe
+
+
+def apply_method(model, recipe: Recipe, tokenizer_source: str | None = None, gradient_checkpointing=False):
+    """Return the model ready to train (a PeftModel for adapter methods)."""
+    method = recipe.method
+    if recipe.model.adapter:
+        return _continue_adapter(model, recipe.model.adapter)
+    if method.type == "full":
+        select_trainable(model, method.keys_to_finetune, method.keys_to_freeze)
+        return model
+
+    import peft
+
+    if method.type in ("lora", "qlora"):
+        if method.type == "qlora":
+            model = peft.prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=bool(gradient_checkpointing)
+            )
+        config = peft.LoraConfig(
+            task_type="CAUSAL_LM",
+            r=method.r,
+            lora_alpha=method.alpha,
+            lora_dropout=method.dropout,
+            target_modules=_check_targets(model, method.target_modules),
+            bias=method.bias,
+            modules_to_save=method.modules_to_save or None,
+            use_dora=method.use_dora,
+            use_rslora=method.use_rslora,
+        )
+    elif method.type == "prefix":
+        config = peft.PrefixTuningConfig(
+            task_type="CAUSAL_LM",
+            num_virtual_tokens=method.num_virtual_tokens,
+            prefix_projection=method.prefix_projection,
+            encoder_hidden_size=method.encoder_hidden_size or model.config.hidden_size,
+        )
+    else:
+        init = {"prompt_tuning_init": "RANDOM"}
+        if method.init_text:
+            init = {
+                "prompt_tuning_init": "TEXT",
+                "prompt_tuning_init_text": method.init_text,
+                "tokenizer_name_or_path": tokenizer_source,
+            }
+        config = peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=method.num_virtual_tokens, **init)
+    try:
+        return peft.get_peft_model(model, config)
+    except (ValueError, TypeError, NotImplementedError) as exc:
+        raise RecipeError(f"peft cannot apply {method.type} to this model: {exc}", key="method.type") from None
+
+
+def select_trainable(model, keys_to_finetune: list[str], keys_to_freeze: list[str]) -> None:
+    """Parameter-name substring matching, as in GIT-LLM's keys_finetune: train what matches, freeze the rest."""
+    names = [n for n, _ in model.named_parameters()]
+    for key_name, keys in (("method.keys_to_finetune", keys_to_finetune), ("method.keys_to_freeze", keys_to_freeze)):
+        for key in keys:
+            if not any(key in n for n in names):
+                sample = ", ".join(names[:: max(1, len(names) // 6)][:6])
+                raise RecipeError(f"{key!r} matches no parameter; names look like: {sample}", key=key_name)
+    for name, param in model.named_parameters():
+        train = not keys_to_finetune or any(k in name for k in keys_to_finetune)
+        if any(k in name for k in keys_to_freeze):
+            train = False
+        param.requires_grad_(train)
+
+
+def _check_targets(model, targets):
+    """Seed 001's BERT q_lin/v_lin failure: catch LoRA targets that name no module before training."""
+    if targets == "all-linear":
+        return targets
+    import torch
+
+    linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n, _ in model.named_modules())]
+    if missing:
+        raise RecipeError(
+            f"{missing[0]!r} names no module of this model; its linear layers are {', '.join(linear)}",
+            key="method.target_modules",
+        )
+    return targets
+
+
+def _continue_adapter(model, adapter: str):
+    import peft
+
+    try:
+        return peft.PeftModel.from_pretrained(model, adapter, is_trainable=True)
+    except (OSError, ValueError, RuntimeError) as exc:
+        text = str(exc).splitlines()[0]
+        raise RecipeError(f"cannot load adapter {adapter} onto this base: {text}", key="model.adapter") from None
+
+
+def parameter_counts(model) -> tuple[int, int]:
+    """(total, trainable) parameter counts; 4-bit weights count as their unpacked size."""
+    total = trainable = 0
+    for param in model.parameters():
+        n = param.numel()
+        if param.__class__.__name__ == "Params4bit":
+            n *= 2
+        total += n
+        if param.requires_grad:
+            trainable += n
+    return total, trainable

@@ -1,0 +1,50 @@
+"""The bundled recipes (recipes/ in the source tree, installed as the ftcli.bundled package)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+
+def bundled_dir() -> Path | None:
+    try:
+        from importlib.resources import files
+
+        path = Path(str(files("ftcli.bundled")))
+        if path.is_dir():
+            return path
+    except (ModuleNotFoundError, TypeError):
+        pass
+    checkout = Path(__file__).resolve().parents[2] / "recipes"
+    return checkout if checkout.is_dir() else None
+
+
+def bundled_recipes() -> list[tuple[str, Path, str]]:
+    """(name, path, description) of every bundled recipe, e.g. ('smoke/sft-lora', ..., 'LoRA SFT ...')."""
+    root = bundled_dir()
+    if root is None:
+        return []
+    found = []
+    for path in sorted(root.rglob("*.yaml")):
+        if "data" in path.relative_to(root).parts[:1]:
+            continue
+        try:
+            body = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError:
+            body = {}
+        description = body.get("description") if isinstance(body, dict) else None
+        found.append((str(path.relative_to(root).with_suffix("")), path, description or ""))
+    return found
+
+
+def find_recipe(name: str) -> str:
+    """A path as given if it exists; else a bundled recipe by name (with or without .yaml)."""
+    if Path(name).exists():
+        return name
+    root = bundled_dir()
+    if root is not None:
+        for candidate in (root / name, root / f"{name}.yaml", root / name.removeprefix("recipes/")):
+            if candidate.is_file():
+                return str(candidate)
+    return name

@@ -1,0 +1,336 @@
+"""YAML -> (extends, dotted overrides, ${env:VAR}) -> a validated Recipe.
+
+Every failure is a RecipeError that names the file, the YAML line and the key path. The loader keeps a map
+from each key path to where it was written (a file:line, or "command line"), so errors can point at it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ftcli.errors import RecipeError
+from ftcli.recipe.schema import Recipe
+
+KeyPath = tuple  # of str | int
+ENV_PATTERN = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?:,([^}]*))?\}")
+SECRET_KEY = re.compile(r"token|secret|password|passwd|api_?key", re.IGNORECASE)
+LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt", ".arrow", ".yaml", ".yml")
+
+
+class Origins(dict):
+    """key path -> 'file:line' (or 'command line'): where each value of the recipe was written."""
+
+    def find(self, path: KeyPath) -> str | None:
+        while path:
+            if path in self:
+                return self[path]
+            path = path[:-1]
+        return self.get((), None)
+
+
+def load_recipe(
+    path: str | Path, overrides: list[str] | None = None, env: Mapping[str, str] | None = None
+) -> Recipe:
+    """Load, merge, override, interpolate and validate a recipe file."""
+    env = os.environ if env is None else env
+    origins = Origins()
+    raw = _read_with_extends(Path(path), origins, chain=())
+    for item in overrides or []:
+        _apply_override(raw, item, origins)
+    env_paths: list[str] = []
+    raw = _interpolate(raw, (), env, origins, env_paths)
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise _to_recipe_error(exc, origins, raw) from None
+    _resolve_local_paths(recipe, Path(path).resolve().parent, origins)
+    recipe._source = str(path)
+    recipe._secret_paths = [p for p in env_paths if SECRET_KEY.search(p)]
+    return recipe
+
+
+# --- YAML with line numbers -------------------------------------------------------------------------------
+
+
+def _read_yaml(path: Path, origins: Origins) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError("recipe file not found; check the path", where=str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"cannot read recipe: {exc}", where=str(path)) from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise RecipeError("recipe is empty; it needs at least model: and data:", where=f"{path}:1")
+        return _build(loader, node, (), path, origins, top=True)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeError(f"YAML syntax error: {problem}", where=f"{path}{line}") from None
+    finally:
+        loader.dispose()
+
+
+def _build(loader: yaml.SafeLoader, node: yaml.Node, path: KeyPath, file: Path, origins: Origins, top=False):
+    origins[path] = f"{file}:{node.start_mark.line + 1}"
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)
+        out: dict = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            where = f"{file}:{key_node.start_mark.line + 1}"
+            if not isinstance(key, str):
+                raise RecipeError(f"keys must be strings, got {key!r}", key=_dotted(path) or None, where=where)
+            if key in out:
+                raise RecipeError("key given twice", key=_dotted(path + (key,)), where=where)
+            out[key] = _build(loader, value_node, path + (key,), file, origins)
+            origins[path + (key,)] = where
+        return out
+    if top:
+        raise RecipeError("a recipe must be a mapping of keys (model:, data:, ...)", where=f"{file}:1")
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(loader, item, path + (i,), file, origins) for i, item in enumerate(node.value)]
+    return loader.construct_object(node, deep=True)
+
+
+def _read_with_extends(path: Path, origins: Origins, chain: tuple) -> dict:
+    path = path.resolve() if path.exists() else path
+    if path in chain:
+        raise RecipeError("extends forms a cycle: " + " -> ".join(str(p) for p in (*chain, path)), key="extends")
+    own_origins = Origins()
+    raw = _read_yaml(path, own_origins)
+    parents = raw.pop("extends", None)
+    merged: dict = {}
+    if parents is not None:
+        where = own_origins.get(("extends",))
+        if isinstance(parents, str):
+            parents = [parents]
+        if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+            raise RecipeError("must be a file path or a list of them", key="extends", where=where)
+        for parent in parents:
+            parent_path = path.parent / parent
+            if not parent_path.exists():
+                raise RecipeError(f"{parent} not found next to {path.name}", key="extends", where=where)
+            merged = _deep_merge(merged, _read_with_extends(parent_path, origins, chain + (path,)))
+    origins.update({k: v for k, v in own_origins.items() if k != ("extends",)})
+    return _deep_merge(merged, raw)
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+# --- overrides and env -----------------------------------------------------------------------------------
+
+
+def _apply_override(raw: dict, item: str, origins: Origins) -> None:
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise RecipeError(
+            f"override '{item}' must look like key.path=value (e.g. training.learning_rate=1e-4)",
+            where="command line",
+        )
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text  # not YAML: take it as the literal string
+    parts: list[Any] = [int(p) if p.isdigit() else p for p in key.split(".")]
+    node: Any = raw
+    for depth, part in enumerate(parts[:-1]):
+        nxt = _child(node, part)
+        if nxt is None:
+            nxt = {}
+            _set_child(node, part, nxt, key)
+        if not isinstance(nxt, (dict, list)):
+            raise RecipeError(
+                f"cannot set {key}: {'.'.join(map(str, parts[: depth + 1]))} is a value, not a section",
+                key=key,
+                where="command line",
+            )
+        node = nxt
+    _set_child(node, parts[-1], value, key)
+    for path in [p for p in origins if p[: len(parts)] == tuple(parts)]:
+        del origins[path]
+    origins[tuple(parts)] = "command line"
+
+
+def _child(node: Any, part: Any) -> Any:
+    if isinstance(node, list):
+        return node[part] if isinstance(part, int) and part < len(node) else None
+    return node.get(part)
+
+
+def _set_child(node: Any, part: Any, value: Any, key: str) -> None:
+    if isinstance(node, list):
+        if not isinstance(part, int) or part > len(node):
+            raise RecipeError(f"list index {part} is out of range (the list has {len(node)} items)", key=key,
+                              where="command line")  # fmt: skip
+        if part == len(node):
+            node.append(value)
+        else:
+            node[part] = value
+    else:
+        node[part] = value
+
+
+def _interpolate(value: Any, path: KeyPath, env: Mapping[str, str], origins: Origins, env_paths: list) -> Any:
+    if isinstance(value, dict):
+        return {k: _interpolate(v, path + (k,), env, origins, env_paths) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, path + (i,), env, origins, env_paths) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def replace(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise RecipeError(
+            f"environment variable {name} is not set; export it or write ${{env:{name},default}}",
+            key=_dotted(path),
+            where=origins.find(path),
+        )
+
+    env_paths.append(_dotted(path))
+    return ENV_PATTERN.sub(replace, value)
+
+
+# --- errors ----------------------------------------------------------------------------------------------
+
+
+def _dotted(path: KeyPath) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def _to_recipe_error(exc: ValidationError, origins: Origins, raw: dict) -> RecipeError:
+    err = exc.errors()[0]
+    path = _clean_loc(tuple(err["loc"]), raw)
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        allowed = _keys_at(path, raw)
+        guess = difflib.get_close_matches(str(path[-1]), allowed, n=1, cutoff=0.6)
+        hint = f"did you mean {guess[0]}?" if guess else f"known keys: {', '.join(sorted(allowed))}"
+        msg = f"unknown key; {hint}"
+    elif kind == "missing":
+        msg = "required key is missing"
+    elif kind == "union_tag_invalid":
+        ctx = err.get("ctx", {})
+        path = path + ("type",)
+        msg = f"unknown type {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
+    elif kind == "value_error":
+        msg = msg.removeprefix("Value error, ")
+        head, sep, rest = msg.partition(": ")
+        if sep and re.fullmatch(r"[a-z_]+(\.[a-z_0-9]+)*", head):
+            path, msg = tuple(int(p) if p.isdigit() else p for p in head.split(".")), rest
+    elif not isinstance(err.get("input"), (dict, list)):
+        msg = f"{msg} (got {err.get('input')!r})"
+    more = len(exc.errors()) - 1
+    if more:
+        msg += f" (and {more} more problem{'s' if more > 1 else ''}; fix this one first)"
+    return RecipeError(msg, key=_dotted(path) or "recipe", where=origins.find(path))
+
+
+def _clean_loc(loc: tuple, raw: Any) -> tuple:
+    """Keep the parts of a pydantic error location that are real keys (drop union-member tags)."""
+    clean, node = [], raw
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        elif i < len(loc) - 1:
+            continue
+        clean.append(part)
+    return tuple(clean)
+
+
+def _keys_at(path: tuple, raw: Any) -> list[str]:
+    """The keys the schema allows in the mapping that holds path[-1]."""
+    tp: Any = Recipe
+    node: Any = raw
+    for part in path[:-1]:
+        node = node.get(part) if isinstance(node, dict) else node[part] if isinstance(node, list) else None
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            field = tp.model_fields.get(part)
+            tp = field.annotation if field else None
+        else:
+            args = typing.get_args(tp)
+            tp = args[-1] if typing.get_origin(tp) in (list, dict) and args else None
+        tp = _pick_member(tp, node)
+    return list(tp.model_fields) if isinstance(tp, type) and issubclass(tp, BaseModel) else []
+
+
+def _pick_member(tp: Any, node: Any) -> Any:
+    """Unwrap Annotated/Optional/unions to the member that describes `node`."""
+    while typing.get_origin(tp) in (typing.Annotated, typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if typing.get_origin(tp) is typing.Annotated:
+            tp = args[0]
+            continue
+        models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+        if isinstance(node, dict) and models:
+            tagged = [m for m in models if "type" in m.model_fields and m.model_fields["type"].default == node.get("type")]
+            tp = (tagged or models)[0]
+        elif isinstance(node, list):
+            tp = next((a for a in args if typing.get_origin(a) is list), None)
+        else:
+            tp = args[0] if args else None
+    return tp
+
+
+# --- paths -----------------------------------------------------------------------------------------------
+
+
+def _looks_local(text: str) -> bool:
+    return text.startswith((".", "/", "~")) or text.endswith(LOCAL_SUFFIXES) or os.sep + os.sep in text
+
+
+def _resolve_local_path(text: str, base: Path) -> str | None:
+    for candidate in (base / os.path.expanduser(text), Path.cwd() / os.path.expanduser(text)):
+        if candidate.exists():
+            return str(candidate.resolve())
+    return None
+
+
+def _resolve_local_paths(recipe: Recipe, base: Path, origins: Origins) -> None:
+    """Data files are relative to the recipe (so recipes travel with their data), then to the working dir."""
+    sources = [("sources", i, s) for i, s in enumerate(recipe.data.sources)]
+    sources += [("eval_sources", i, s) for i, s in enumerate(recipe.data.eval_sources)]
+    for group, i, src in sources:
+        found = _resolve_local_path(src.path, base)
+        if found:
+            src.path = found
+        elif _looks_local(src.path):
+            path = ("data", group, i, "path")
+            raise RecipeError(f"file not found: {src.path} (looked next to the recipe and in the working dir)",
+                              key=_dotted(path), where=origins.find(path))  # fmt: skip
+    for key in ("name", "adapter"):
+        value = getattr(recipe.model, key)
+        if value and not value.startswith("builtin:"):
+            found = _resolve_local_path(value, base)
+            if found:
+                setattr(recipe.model, key, found)
+            elif _looks_local(value):
+                path = ("model", key)
+                raise RecipeError(f"path not found: {value}", key=_dotted(path), where=origins.find(path))

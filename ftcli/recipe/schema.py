@@ -1,0 +1,253 @@
+"""The recipe schema: one pydantic model for every command. Pure data and validation, no heavy imports.
+
+Every model forbids unknown keys, so a misspelt key is an error (with a did-you-mean), never silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+
+Task = Literal["pretrain", "sft", "dpo", "reward", "caption"]
+Format = Literal["text", "instruction", "chat", "completion", "preference"]
+
+# The columns each format reads, with the names used when `columns:` does not map them.
+FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "text": ("text",),
+    "instruction": ("instruction", "input", "output", "system"),
+    "chat": ("messages", "role", "content"),
+    "completion": ("prompt", "completion"),
+    "preference": ("prompt", "chosen", "rejected"),
+}
+# Which formats each task can learn from.
+TASK_FORMATS: dict[str, tuple[str, ...]] = {
+    "pretrain": ("text",),
+    "sft": ("chat", "instruction", "completion"),
+    "dpo": ("preference",),
+    "reward": ("preference",),
+    "caption": (),
+}
+# The command that runs each task.
+TASK_COMMAND = {"pretrain": "train", "sft": "train", "caption": "train", "dpo": "align", "reward": "align"}
+
+OPTIMIZERS = (
+    "adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adagrad", "rmsprop",
+    "adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit",
+    "lion_8bit", "lion_32bit", "paged_lion_8bit", "paged_lion_32bit",
+)  # fmt: skip
+BNB_OPTIMIZERS = tuple(o for o in OPTIMIZERS if "8bit" in o or "32bit" in o)
+REPORTERS = ("none", "tensorboard", "wandb", "mlflow", "trackio")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True, validate_assignment=True)
+
+
+class ModelSpec(Strict):
+    """The base model and how to load it."""
+
+    name: str = Field(description="hub id, local dir, run dir, or builtin:NAME (tiny models made in code)")
+    revision: str | None = Field(None, description="hub branch, tag or commit")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights dtype; auto = bf16 on GPUs that have it, else fp32"
+    )
+    trust_remote_code: bool = Field(False, description="run the model repo's own Python code (off by default)")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3"] | None = Field(
+        None, description="attention kernel; None = transformers' default (sdpa)"
+    )
+    adapter: str | None = Field(None, description="a PEFT adapter (or run dir) to load and continue training")
+
+
+class LoraFields(Strict):
+    r: int = Field(8, gt=0, description="LoRA rank")
+    alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: Literal["all-linear"] | list[str] = Field(
+        "all-linear", description="module name suffixes to adapt, or all-linear"
+    )
+    bias: Literal["none", "all", "lora_only"] = "none"
+    modules_to_save: list[str] = Field(default_factory=list, description="extra modules trained in full and saved")
+    use_dora: bool = False
+    use_rslora: bool = False
+
+
+class FullMethod(Strict):
+    type: Literal["full"] = "full"
+    keys_to_finetune: list[str] = Field(
+        default_factory=list, description="train only parameters whose name contains one of these"
+    )
+    keys_to_freeze: list[str] = Field(default_factory=list, description="freeze parameters whose name contains one")
+
+
+class LoraMethod(LoraFields):
+    type: Literal["lora"] = "lora"
+
+
+class QLoraMethod(LoraFields):
+    type: Literal["qlora"] = "qlora"
+    bits: Literal[4, 8] = Field(4, description="4 = bitsandbytes 4-bit (nf4/fp4); 8 = LLM.int8")
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = Field(True, description="quantize the quantization constants too")
+    compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="dtype of the dequantized matmuls; auto = bf16 where supported, else fp32"
+    )
+
+
+class PrefixMethod(Strict):
+    type: Literal["prefix"] = "prefix"
+    num_virtual_tokens: int = Field(20, gt=0)
+    prefix_projection: bool = Field(False, description="reparametrize the prefix through an MLP (P-Tuning v2 style)")
+    encoder_hidden_size: int | None = Field(None, gt=0, description="hidden size of that MLP")
+
+
+class PromptMethod(Strict):
+    type: Literal["prompt"] = "prompt"
+    num_virtual_tokens: int = Field(20, gt=0)
+    init_text: str | None = Field(None, description="initialize the soft prompt from this text's embeddings")
+
+
+Method = Annotated[
+    Union[FullMethod, LoraMethod, QLoraMethod, PrefixMethod, PromptMethod], Field(discriminator="type")
+]
+PEFT_METHODS = ("lora", "qlora", "prefix", "prompt")
+
+
+class DataSource(Strict):
+    """One dataset: a local file or folder, or a hub dataset id."""
+
+    path: str = Field(description=".jsonl/.json/.csv/.parquet/.txt file, a folder of them, or a hub dataset id")
+    format: Format | None = Field(None, description="defaults to data.format")
+    columns: dict[str, str] | None = Field(None, description="defaults to data.columns")
+    split: str = "train"
+    name: str | None = Field(None, description="hub dataset config name")
+    revision: str | None = None
+    max_samples: int | None = Field(None, gt=0, description="take at most this many rows (after shuffling)")
+    weight: float | None = Field(None, gt=0, description="row multiplier when mixing: 0.5 = half, 2 = twice")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str) else value
+
+
+class DataSpec(Strict):
+    format: Format = Field("chat", description="row layout: text, instruction, chat, completion, preference")
+    columns: dict[str, str] = Field(default_factory=dict, description="map ftcli's column names to the dataset's")
+    sources: list[DataSource] = Field(min_length=1)
+    eval_sources: list[DataSource] = Field(default_factory=list, description="held-out data")
+    eval_fraction: float = Field(0.0, ge=0, lt=1, description="hold out this fraction of the sources instead")
+    template: str | None = Field(
+        None, description="None = the tokenizer's chat template; a name (chatml, alpaca, llama2) or inline Jinja"
+    )
+    train_on: Literal["completion", "all"] = Field("completion", description="which tokens carry the loss")
+    max_length: int = Field(1024, ge=8)
+    overlong: Literal["truncate", "drop"] = Field("truncate", description="what to do with rows over max_length")
+    on_bad_rows: Literal["error", "skip"] = "error"
+    packing: bool | None = Field(
+        None, description="pack rows into max_length blocks without cross-row attention; None = on where possible"
+    )
+    shuffle: bool = True
+    seed: int = 42
+    num_proc: int | None = Field(None, gt=0, description="tokenization worker processes")
+    cache_dir: str | None = Field(None, description="where prepared data is cached; default ~/.cache/ftcli/data")
+
+    @model_validator(mode="after")
+    def _check_columns(self) -> DataSpec:
+        for where, src in [("data", None)] + [(f"data.sources.{i}", s) for i, s in enumerate(self.sources)]:
+            fmt = src.format if src and src.format else self.format
+            cols = (src.columns if src else self.columns) or {}
+            unknown = [k for k in cols if k not in FORMAT_COLUMNS[fmt]]
+            if unknown:
+                raise ValueError(
+                    f"{where}.columns.{unknown[0]}: not a column of the {fmt} format "
+                    f"(it has {', '.join(FORMAT_COLUMNS[fmt])})"
+                )
+        return self
+
+
+class TrainingSpec(Strict):
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="overrides epochs when set")
+    batch_size: int = Field(8, gt=0, description="rows per device per step (packed rows when packing)")
+    grad_accum: int = Field(1, gt=0, description="gradient accumulation steps")
+    learning_rate: float | None = Field(
+        None, gt=0, description="None = 2e-5 for full, 2e-4 for lora/qlora, 3e-2 for prefix/prompt"
+    )
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    optimizer: Literal[OPTIMIZERS] = "adamw_torch"  # type: ignore[valid-type]
+    max_grad_norm: float = Field(1.0, ge=0)
+    gradient_checkpointing: bool | Literal["auto"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="mixed precision; auto = bf16 where the GPU has it, else fp32"
+    )
+    seed: int = 42
+    logging_steps: int = Field(10, gt=0)
+    eval_steps: int | None = Field(None, gt=0, description="None = evaluate at the end of each epoch")
+    save_steps: int | None = Field(None, gt=0, description="None = save only the final result")
+    save_total_limit: int | None = Field(2, gt=0, description="checkpoints kept")
+    report_to: list[Literal[REPORTERS]] = Field(default_factory=list)  # type: ignore[valid-type]
+
+    def default_learning_rate(self, method: str) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return {"full": 2e-5, "lora": 2e-4, "qlora": 2e-4}.get(method, 3e-2)
+
+
+class OutputSpec(Strict):
+    dir: str | None = Field(None, description="run directory; default runs/<recipe file name>")
+    merge: bool = Field(False, description="also write adapter-merged full weights to <dir>/merged")
+
+
+class LaunchSpec(Strict):
+    num_processes: int = Field(1, gt=0)
+
+
+class Recipe(Strict):
+    description: str | None = Field(None, description="one line shown by `ftcli recipes`")
+    task: Task = "sft"
+    model: ModelSpec
+    method: Method = Field(default_factory=FullMethod)
+    data: DataSpec
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    launch: LaunchSpec = Field(default_factory=LaunchSpec)
+
+    _source: str | None = PrivateAttr(None)  # the recipe file it was loaded from
+    _secret_paths: list[str] = PrivateAttr(default_factory=list)  # keys filled from secret-looking env vars
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_shorthand(cls, value: Any) -> Any:
+        if isinstance(value, dict) and isinstance(value.get("method"), str):
+            value = {**value, "method": {"type": value["method"]}}
+        return value
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Recipe:
+        for src in [*self.data.sources, *self.data.eval_sources]:
+            fmt = src.format or self.data.format
+            if self.task != "caption" and fmt not in TASK_FORMATS[self.task]:
+                raise ValueError(
+                    f"data.format: task {self.task} cannot learn from {fmt} rows "
+                    f"(it takes {', '.join(TASK_FORMATS[self.task]) or 'image data'})"
+                )
+        kind = self.method.type
+        if kind in ("prefix", "prompt") and self.data.packing:
+            raise ValueError(
+                f"data.packing: {kind} tuning prepends virtual tokens to each row, so packed rows would share one "
+                "prefix; set data.packing: false"
+            )
+        if self.training.precision == "fp16" and kind == "qlora" and self.method.compute_dtype == "bfloat16":
+            raise ValueError("training.precision: fp16 autocast with bf16 QLoRA compute mixes dtypes; use bf16")
+        if self.data.eval_sources and self.data.eval_fraction:
+            raise ValueError("data.eval_fraction: set either eval_fraction or eval_sources, not both")
+        return self
+
+    def packing_enabled(self) -> bool:
+        if self.data.packing is not None:
+            return self.data.packing
+        return self.method.type not in ("prefix", "prompt") and self.task in ("pretrain", "sft")

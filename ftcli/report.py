@@ -1,0 +1,175 @@
+"""What a run tells the user and leaves behind: tables and progress on stderr, metrics.jsonl, summary.json and
+loss.png in the run dir. stdout is kept for results (`--json`)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=True, highlight=False)
+
+
+def human(n: float) -> str:
+    for unit in ("", "K", "M", "B"):
+        if abs(n) < 1000:
+            return f"{n:.0f}{unit}" if unit == "" else f"{n:.1f}{unit}"
+        n /= 1000
+    return f"{n:.1f}T"
+
+
+def print_table(title: str, rows: list[tuple[str, object]]) -> None:
+    table = Table(title=title, show_header=False, title_justify="left", box=None, padding=(0, 2))
+    for key, value in rows:
+        table.add_row(f"[bold]{key}[/]", str(value))
+    console.print(table)
+
+
+def print_prepare_stats(stats: dict, cache_dir: str, cache_hit: bool) -> None:
+    table = Table(title="prepared data" + (" (cache hit)" if cache_hit else ""), title_justify="left")
+    for col in ("source", "split", "read", "kept", "truncated", "split long", "dropped", "bad skipped"):
+        table.add_column(col, justify="left" if col in ("source", "split") else "right")
+    for s in stats["sources"]:
+        table.add_row(
+            Path(s["path"]).name, s["split"], str(s["rows_read"]), str(s["kept"]), str(s["truncated"]),
+            str(s["split_long"]), str(s["dropped_overlong"] + s["dropped_no_labels"]), str(s["bad_skipped"]),
+        )  # fmt: skip
+    console.print(table)
+    for split in ("train", "eval"):
+        if split in stats:
+            st = stats[split]
+            line = (
+                f"{split}: {st['rows']} rows, {human(st['tokens'])} tokens, {human(st['label_tokens'])} label tokens, "
+                f"length p50/p90/p99/max {st['length_p50']}/{st['length_p90']}/{st['length_p99']}/{st['length_max']}"
+            )
+            if "packed_rows" in st:
+                line += f", packed into {st['packed_rows']} rows ({st['packing_efficiency']:.0%} full)"
+            console.print(line)
+    console.print(f"cache: {cache_dir}")
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Atomic write: a reader (or a crash) never sees half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def plot_losses(metrics_file: Path, out: Path) -> bool:
+    """loss.png: train and eval loss against step (and accuracy when logged)."""
+    if not metrics_file.exists():
+        return False
+    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    if not train and not evals:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    if train:
+        ax.plot(*zip(*train), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return True
+
+
+def make_callback(run_dir: Path, collator=None):
+    """A transformers TrainerCallback: progress on stderr, metrics.jsonl, step times (main process only)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from transformers import TrainerCallback
+
+    class ReportCallback(TrainerCallback):
+        def __init__(self):
+            self.metrics_file = run_dir / "metrics.jsonl"
+            self.progress = None
+            self.task = None
+            self.step_times: list[float] = []
+            self.last_step_at = None
+            self.start = None
+            self.last: dict = {}
+            self.best_eval = None
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.start = time.perf_counter()
+            if not state.is_world_process_zero:
+                return
+            self.progress = Progress(
+                TextColumn("[bold]train[/]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                console=console, transient=False, disable=not console.is_terminal,
+            )  # fmt: skip
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, info="")
+            self.last_step_at = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            now = time.perf_counter()
+            if self.last_step_at is not None:
+                self.step_times.append(now - self.last_step_at)
+            self.last_step_at = now
+            if self.progress:
+                self.progress.update(self.task, completed=state.global_step)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not state.is_world_process_zero or not logs:
+                return
+            row = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), **_clean(logs)}
+            if "eval_loss" in row:
+                row["eval_perplexity"] = _perplexity(row["eval_loss"])
+                self.best_eval = row["eval_loss"] if self.best_eval is None else min(self.best_eval, row["eval_loss"])
+            self.last.update(row)
+            with self.metrics_file.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+            info = []
+            if "loss" in row:
+                info.append(f"loss {row['loss']:.4f}")
+            if "learning_rate" in row:
+                info.append(f"lr {row['learning_rate']:.2e}")
+            if "eval_loss" in row:
+                info.append(f"eval {row['eval_loss']:.4f}")
+            elapsed = time.perf_counter() - self.start
+            if collator is not None and elapsed > 0:
+                info.append(f"{human(collator.real_tokens / elapsed)} tok/s")
+            if self.progress:
+                self.progress.update(self.task, info="  ".join(info))
+            elif "loss" in row or "eval_loss" in row:
+                console.print(f"step {state.global_step}/{state.max_steps}  " + "  ".join(info))
+
+        def on_train_end(self, args, state, control, **kw):
+            if self.progress:
+                self.progress.update(self.task, completed=state.global_step)
+                self.progress.stop()
+
+    return ReportCallback()
+
+
+def step_time_percentiles(times: list[float]) -> dict:
+    if not times:
+        return {}
+    ordered = sorted(times[1:] or times)  # the first step includes warm-up
+    pick = lambda q: round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 4)  # noqa: E731
+    return {"p50": pick(0.5), "p90": pick(0.9), "max": round(ordered[-1], 4)}
+
+
+def _perplexity(loss: float) -> float:
+    return math.exp(loss) if loss < 50 else float("inf")
+
+
+def _clean(logs: dict) -> dict:
+    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in logs.items()}
