@@ -122,10 +122,13 @@ class RowTokenizer:
                 labels = list(ids)
             else:
                 labels = [t if any(s <= o[0] < e for s, e in row_spans) else IGNORE for t, o in zip(ids, offsets)]
-            last = max((j for j, lab in enumerate(labels) if lab != IGNORE), default=None)
-            # A model must learn to stop: if the template ends an answer without a special token, add EOS.
-            if last is not None and last == len(ids) - 1 and ids[last] not in special:
-                ids, labels = ids + [self.tokenizer.eos_token_id], labels + [self.tokenizer.eos_token_id]
+            # A model must learn to stop: if the template ends the last answer without any special (end-of-turn)
+            # token and nothing follows it, append EOS as a label.
+            if row_spans and row_spans[-1][1] == len(texts[i]):
+                start = row_spans[-1][0]
+                span_ids = [t for t, o in zip(ids, offsets) if o[0] >= start]
+                if not any(t in special for t in span_ids):
+                    ids, labels = ids + [self.tokenizer.eos_token_id], labels + [self.tokenizer.eos_token_id]
             results.append(self._fit(ids, labels))
         return results
 

@@ -67,7 +67,6 @@ def quantization_config(recipe: Recipe):
         bnb_4bit_quant_type=method.quant_type,
         bnb_4bit_use_double_quant=method.double_quant,
         bnb_4bit_compute_dtype=dtype,
-        bnb_4bit_quant_storage=dtype,
     )
 
 

@@ -98,12 +98,11 @@ def _continue_adapter(model, adapter: str):
 
 
 def parameter_counts(model) -> tuple[int, int]:
-    """(total, trainable) parameter counts; 4-bit weights count as their unpacked size."""
+    """(total, trainable) parameter counts; 4-bit weights count as their logical (unpacked) size."""
     total = trainable = 0
     for param in model.parameters():
-        n = param.numel()
-        if param.__class__.__name__ == "Params4bit":
-            n *= 2
+        quant_state = getattr(param, "quant_state", None)  # bitsandbytes 4-bit weights are stored packed
+        n = quant_state.shape.numel() if quant_state is not None else param.numel()
         total += n
         if param.requires_grad:
             trainable += n

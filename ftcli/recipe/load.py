@@ -23,6 +23,15 @@ from ftcli.recipe.schema import Recipe
 KeyPath = tuple  # of str | int
 ENV_PATTERN = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?:,([^}]*))?\}")
 SECRET_KEY = re.compile(r"token|secret|password|passwd|api_?key", re.IGNORECASE)
+# Names other tools use for our keys, so their users get a useful did-you-mean.
+KEY_ALIASES = {
+    "rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
+    "lora_target_modules": "target_modules", "num_epochs": "epochs", "num_train_epochs": "epochs",
+    "micro_batch_size": "batch_size", "per_device_train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum", "lr": "learning_rate", "output_dir": "dir",
+    "sequence_len": "max_length", "cutoff_len": "max_length", "max_seq_length": "max_length",
+    "lr_scheduler_type": "lr_scheduler", "optim": "optimizer", "datasets": "sources",
+}  # fmt: skip
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt", ".arrow", ".yaml", ".yml")
 
 
@@ -44,6 +53,9 @@ def load_recipe(
     env = os.environ if env is None else env
     origins = Origins()
     raw = _read_with_extends(Path(path), origins, chain=())
+    if isinstance(raw.get("method"), str):  # `method: lora` is short for `method: {type: lora}`
+        raw["method"] = {"type": raw["method"]}
+        origins[("method", "type")] = origins.get(("method",))
     for item in overrides or []:
         _apply_override(raw, item, origins)
     env_paths: list[str] = []
@@ -92,7 +104,9 @@ def _build(loader: yaml.SafeLoader, node: yaml.Node, path: KeyPath, file: Path, 
             key = loader.construct_object(key_node, deep=True)
             where = f"{file}:{key_node.start_mark.line + 1}"
             if not isinstance(key, str):
-                raise RecipeError(f"keys must be strings, got {key!r}", key=_dotted(path) or None, where=where)
+                raise RecipeError(
+                    f"keys must be strings, got {key!r}", key=_dotted(path) or None, where=where
+                )
             if key in out:
                 raise RecipeError("key given twice", key=_dotted(path + (key,)), where=where)
             out[key] = _build(loader, value_node, path + (key,), file, origins)
@@ -108,7 +122,9 @@ def _build(loader: yaml.SafeLoader, node: yaml.Node, path: KeyPath, file: Path, 
 def _read_with_extends(path: Path, origins: Origins, chain: tuple) -> dict:
     path = path.resolve() if path.exists() else path
     if path in chain:
-        raise RecipeError("extends forms a cycle: " + " -> ".join(str(p) for p in (*chain, path)), key="extends")
+        raise RecipeError(
+            "extends forms a cycle: " + " -> ".join(str(p) for p in (*chain, path)), key="extends"
+        )
     own_origins = Origins()
     raw = _read_yaml(path, own_origins)
     parents = raw.pop("extends", None)
@@ -131,7 +147,13 @@ def _read_with_extends(path: Path, origins: Origins, chain: tuple) -> dict:
 def _deep_merge(base: dict, top: dict) -> dict:
     out = dict(base)
     for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        # A block of another `type` (e.g. method lora -> full) replaces the inherited one instead of merging.
+        same_type = (
+            isinstance(value, dict)
+            and isinstance(out.get(key), dict)
+            and value.get("type", out[key].get("type")) == out[key].get("type")
+        )
+        if same_type:
             out[key] = _deep_merge(out[key], value)
         else:
             out[key] = value
@@ -167,6 +189,8 @@ def _apply_override(raw: dict, item: str, origins: Origins) -> None:
                 where="command line",
             )
         node = nxt
+    if parts[-1] == "type" and isinstance(node, dict) and node.get("type") != value:
+        node.clear()  # another method type starts its block afresh: the old type's keys would not fit it
     _set_child(node, parts[-1], value, key)
     for path in [p for p in origins if p[: len(parts)] == tuple(parts)]:
         del origins[path]
@@ -229,7 +253,12 @@ def _to_recipe_error(exc: ValidationError, origins: Origins, raw: dict) -> Recip
     kind, msg = err["type"], err["msg"]
     if kind == "extra_forbidden":
         allowed = _keys_at(path, raw)
-        guess = difflib.get_close_matches(str(path[-1]), allowed, n=1, cutoff=0.6)
+        alias = KEY_ALIASES.get(str(path[-1]))
+        guess = (
+            [alias]
+            if alias in allowed
+            else difflib.get_close_matches(str(path[-1]), allowed, n=1, cutoff=0.6)
+        )
         hint = f"did you mean {guess[0]}?" if guess else f"known keys: {', '.join(sorted(allowed))}"
         msg = f"unknown key; {hint}"
     elif kind == "missing":
@@ -290,7 +319,11 @@ def _pick_member(tp: Any, node: Any) -> Any:
             continue
         models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
         if isinstance(node, dict) and models:
-            tagged = [m for m in models if "type" in m.model_fields and m.model_fields["type"].default == node.get("type")]
+            tagged = [
+                m
+                for m in models
+                if "type" in m.model_fields and m.model_fields["type"].default == node.get("type")
+            ]
             tp = (tagged or models)[0]
         elif isinstance(node, list):
             tp = next((a for a in args if typing.get_origin(a) is list), None)

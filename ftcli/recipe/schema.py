@@ -62,14 +62,14 @@ class ModelSpec(Strict):
 class LoraFields(Strict):
     r: int = Field(8, gt=0, description="LoRA rank")
     alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
-    dropout: float = Field(0.05, ge=0, lt=1)
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA path")
     target_modules: Literal["all-linear"] | list[str] = Field(
         "all-linear", description="module name suffixes to adapt, or all-linear"
     )
     bias: Literal["none", "all", "lora_only"] = "none"
     modules_to_save: list[str] = Field(default_factory=list, description="extra modules trained in full and saved")
-    use_dora: bool = False
-    use_rslora: bool = False
+    use_dora: bool = Field(False, description="weight-decomposed LoRA (DoRA)")
+    use_rslora: bool = Field(False, description="rank-stabilized scaling alpha/sqrt(r)")
 
 
 class FullMethod(Strict):
@@ -96,14 +96,14 @@ class QLoraMethod(LoraFields):
 
 class PrefixMethod(Strict):
     type: Literal["prefix"] = "prefix"
-    num_virtual_tokens: int = Field(20, gt=0)
+    num_virtual_tokens: int = Field(20, gt=0, description="prefix length (key/value vectors per layer)")
     prefix_projection: bool = Field(False, description="reparametrize the prefix through an MLP (P-Tuning v2 style)")
     encoder_hidden_size: int | None = Field(None, gt=0, description="hidden size of that MLP")
 
 
 class PromptMethod(Strict):
     type: Literal["prompt"] = "prompt"
-    num_virtual_tokens: int = Field(20, gt=0)
+    num_virtual_tokens: int = Field(20, gt=0, description="soft-prompt length")
     init_text: str | None = Field(None, description="initialize the soft prompt from this text's embeddings")
 
 
@@ -119,9 +119,9 @@ class DataSource(Strict):
     path: str = Field(description=".jsonl/.json/.csv/.parquet/.txt file, a folder of them, or a hub dataset id")
     format: Format | None = Field(None, description="defaults to data.format")
     columns: dict[str, str] | None = Field(None, description="defaults to data.columns")
-    split: str = "train"
+    split: str = Field("train", description="hub dataset split")
     name: str | None = Field(None, description="hub dataset config name")
-    revision: str | None = None
+    revision: str | None = Field(None, description="hub dataset revision")
     max_samples: int | None = Field(None, gt=0, description="take at most this many rows (after shuffling)")
     weight: float | None = Field(None, gt=0, description="row multiplier when mixing: 0.5 = half, 2 = twice")
 
@@ -141,14 +141,14 @@ class DataSpec(Strict):
         None, description="None = the tokenizer's chat template; a name (chatml, alpaca, llama2) or inline Jinja"
     )
     train_on: Literal["completion", "all"] = Field("completion", description="which tokens carry the loss")
-    max_length: int = Field(1024, ge=8)
+    max_length: int = Field(1024, ge=8, description="tokens per row (per packed row when packing)")
     overlong: Literal["truncate", "drop"] = Field("truncate", description="what to do with rows over max_length")
     on_bad_rows: Literal["error", "skip"] = "error"
     packing: bool | None = Field(
         None, description="pack rows into max_length blocks without cross-row attention; None = on where possible"
     )
-    shuffle: bool = True
-    seed: int = 42
+    shuffle: bool = Field(True, description="shuffle each source (seeded) before sampling")
+    seed: int = Field(42, description="seed of shuffling, sampling and the eval split")
     num_proc: int | None = Field(None, gt=0, description="tokenization worker processes")
     cache_dir: str | None = Field(None, description="where prepared data is cached; default ~/.cache/ftcli/data")
 
@@ -167,7 +167,7 @@ class DataSpec(Strict):
 
 
 class TrainingSpec(Strict):
-    epochs: float = Field(1.0, gt=0)
+    epochs: float = Field(1.0, gt=0, description="passes over the training data")
     max_steps: int | None = Field(None, gt=0, description="overrides epochs when set")
     batch_size: int = Field(8, gt=0, description="rows per device per step (packed rows when packing)")
     grad_accum: int = Field(1, gt=0, description="gradient accumulation steps")
@@ -175,21 +175,25 @@ class TrainingSpec(Strict):
         None, gt=0, description="None = 2e-5 for full, 2e-4 for lora/qlora, 3e-2 for prefix/prompt"
     )
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr"] = "cosine"
-    warmup_steps: int = Field(0, ge=0)
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="warm-up as a fraction of all steps (wins if set)")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     optimizer: Literal[OPTIMIZERS] = "adamw_torch"  # type: ignore[valid-type]
-    max_grad_norm: float = Field(1.0, ge=0)
-    gradient_checkpointing: bool | Literal["auto"] = "auto"
+    max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping; 0 = off")
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto", description="auto = on only if a memory estimate says the run would not fit without it"
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="mixed precision; auto = bf16 where the GPU has it, else fp32"
     )
-    seed: int = 42
-    logging_steps: int = Field(10, gt=0)
+    seed: int = Field(42, description="seed of initialization and data order")
+    logging_steps: int = Field(10, gt=0, description="log loss/lr every N steps (metrics.jsonl)")
     eval_steps: int | None = Field(None, gt=0, description="None = evaluate at the end of each epoch")
     save_steps: int | None = Field(None, gt=0, description="None = save only the final result")
     save_total_limit: int | None = Field(2, gt=0, description="checkpoints kept")
-    report_to: list[Literal[REPORTERS]] = Field(default_factory=list)  # type: ignore[valid-type]
+    report_to: list[Literal[REPORTERS]] = Field(  # type: ignore[valid-type]
+        default_factory=list, description="trackers: tensorboard, wandb, mlflow, trackio (their own integrations)"
+    )
 
     def default_learning_rate(self, method: str) -> float:
         if self.learning_rate is not None:
@@ -203,12 +207,12 @@ class OutputSpec(Strict):
 
 
 class LaunchSpec(Strict):
-    num_processes: int = Field(1, gt=0)
+    num_processes: int = Field(1, gt=0, description="processes (GPUs); only 1 in this version")
 
 
 class Recipe(Strict):
     description: str | None = Field(None, description="one line shown by `ftcli recipes`")
-    task: Task = "sft"
+    task: Task = Field("sft", description="pretrain, sft (ftcli train); dpo, reward (ftcli align); caption")
     model: ModelSpec
     method: Method = Field(default_factory=FullMethod)
     data: DataSpec

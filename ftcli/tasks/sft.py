@@ -19,14 +19,15 @@ from ftcli.recipe.schema import BNB_OPTIMIZERS, Recipe
 from ftcli.run_dir import freeze_recipe, newest_checkpoint, open_run_dir
 
 
-def run(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> dict:
+def run(recipe: Recipe, overwrite: bool = False, resume: bool = False, on_done=None) -> dict:
+    """Train and save. `on_done(model, tokenizer)` is called with the trained model before it is released."""
     out = open_run_dir(recipe, overwrite=overwrite, resume=resume)
     freeze_recipe(recipe, out)
     summary: dict = {"status": "running", "task": recipe.task, "method": recipe.method.type, "run_dir": str(out)}
     report.write_json(out / "summary.json", summary)
     started = time.time()
     try:
-        summary.update(_train(recipe, out, resume))
+        summary.update(_train(recipe, out, resume, on_done))
         summary["status"] = "completed"
     except KeyboardInterrupt:
         summary["status"] = "interrupted"
@@ -40,7 +41,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> dict:
     return summary
 
 
-def _train(recipe: Recipe, out: Path, resume: bool) -> dict:
+def _train(recipe: Recipe, out: Path, resume: bool, on_done=None) -> dict:
     import torch
     from trl import SFTConfig, SFTTrainer
 
@@ -77,8 +78,7 @@ def _train(recipe: Recipe, out: Path, resume: bool) -> dict:
         weight_decay=t.weight_decay,
         optim=t.optimizer,
         max_grad_norm=t.max_grad_norm,
-        gradient_checkpointing=checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
+        **_checkpointing_args(SFTConfig, checkpointing),
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=not torch.cuda.is_available(),
@@ -123,6 +123,8 @@ def _train(recipe: Recipe, out: Path, resume: bool) -> dict:
     final_eval = trainer.evaluate() if has_eval else {}
 
     saved = save_model_outputs(trainer.model, tokenizer, recipe, out)
+    if on_done is not None:
+        on_done(trainer.model, tokenizer)
     report.plot_losses(out / "metrics.jsonl", out / "loss.png")
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     evals = [r["eval_loss"] for r in trainer.state.log_history if "eval_loss" in r]
@@ -131,8 +133,8 @@ def _train(recipe: Recipe, out: Path, resume: bool) -> dict:
     summary = {
         "steps": trainer.state.global_step,
         "epochs": round(trainer.state.epoch or 0, 4),
-        "first_loss": losses[0] if losses else None,
-        "final_loss": losses[-1] if losses else None,
+        "first_loss": round(losses[0], 4) if losses else None,
+        "final_loss": round(losses[-1], 4) if losses else None,
         "train_loss": result.training_loss,
         "final_eval_loss": final_eval.get("eval_loss"),
         "best_eval_loss": min(evals) if evals else None,
@@ -180,6 +182,13 @@ def _load_trainer_class():
 
 def _Trainer(**kwargs):
     return _load_trainer_class()(**kwargs)
+
+
+def _checkpointing_args(config_cls, enabled: bool) -> dict:
+    """transformers renamed gradient_checkpointing to activation_checkpointing in 5.x; use whichever it has."""
+    name = "activation" if "activation_checkpointing" in config_cls.__dataclass_fields__ else "gradient"
+    return {f"{name}_checkpointing": enabled,
+            f"{name}_checkpointing_kwargs": {"use_reentrant": False} if enabled else None}  # fmt: skip
 
 
 def _precision(recipe: Recipe) -> str:

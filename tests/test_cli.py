@@ -1,0 +1,80 @@
+"""The command line: lazy imports, exit codes, one-line errors, clean stdout."""
+
+import json
+import subprocess
+import sys
+
+import yaml
+
+from tests.helpers import RECIPES, call_main, run_cli, write_recipe
+
+HEAVY = ("torch", "transformers", "datasets", "peft", "trl")
+
+
+def imported_after(*args) -> set:
+    code = (
+        "import sys\nfrom ftcli.cli import main\n"
+        f"try:\n    main({list(args)!r})\nexcept SystemExit:\n    pass\n"
+        f"print('MODULES:' + ','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    line = out.strip().splitlines()[-1]
+    assert line.startswith("MODULES:"), out
+    return {m for m in line.removeprefix("MODULES:").split(",") if m}
+
+
+def test_help_and_validate_import_no_ml_libraries():
+    assert imported_after("--help") == set()
+    assert imported_after("validate", str(RECIPES / "smoke" / "sft-lora.yaml")) == set()
+
+
+def test_version(capsys):
+    assert call_main("--version") == 0
+    assert capsys.readouterr().out.startswith("ftcli ")
+
+
+def test_validate_prints_the_resolved_recipe(capsys):
+    assert call_main("validate", RECIPES / "smoke" / "sft-lora.yaml", "training.epochs=5", "--json") == 0
+    resolved = json.loads(capsys.readouterr().out)
+    assert resolved["training"]["epochs"] == 5 and resolved["method"]["type"] == "lora"
+    assert resolved["training"]["lr_scheduler"] == "cosine"  # defaults are filled in
+    assert call_main("validate", RECIPES / "smoke" / "sft-lora.yaml") == 0
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["name"] == "builtin:tiny-llama"
+
+
+def test_recipe_error_exits_2_with_one_line_and_no_traceback(tmp_path):
+    path = write_recipe(tmp_path / "r.yaml", "model:\n  name: builtin:tiny-llama\n  nmae: x\ndata:\n  sources: [a]\n")
+    code, out, err = run_cli("validate", path)
+    assert code == 2 and out == ""
+    assert err.strip() == f"error: {path}:3 model.nmae: unknown key; did you mean name?"
+    assert "Traceback" not in err
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    path = write_recipe(tmp_path / "r.yaml", "model: {name: x, nmae: y}\ndata: {sources: [a]}\n")
+    code, _, err = run_cli("validate", path, "--debug")
+    assert code != 0 and "Traceback" in err
+
+
+def test_train_refuses_an_alignment_task(capsys):
+    code = call_main("train", RECIPES / "smoke" / "sft-lora.yaml", "task=dpo", "data.format=preference")
+    assert code == 2
+    assert "task dpo is run by `ftcli align`" in capsys.readouterr().err
+
+
+def test_align_and_infer_do_not_pretend(capsys):
+    assert call_main("align", RECIPES / "smoke" / "sft-lora.yaml") == 2
+    assert call_main("infer", RECIPES / "smoke" / "sft-lora.yaml") == 2
+    assert "not implemented" in capsys.readouterr().err
+
+
+def test_recipes_lists_bundled_recipes_with_descriptions(capsys):
+    assert call_main("recipes", "--json") == 0
+    listed = {r["name"]: r["description"] for r in json.loads(capsys.readouterr().out)}
+    assert "smoke/sft-lora" in listed and listed["smoke/sft-lora"]
+    assert all(not name.startswith("data") for name in listed)
+
+
+def test_missing_recipe_file(capsys):
+    assert call_main("validate", "nope.yaml") == 2
+    assert "recipe file not found" in capsys.readouterr().err
