@@ -1,0 +1,182 @@
+"""Every adaptation method trains, changes only what it should, and reloads in plain transformers/peft."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ftcli.errors import RecipeError
+from ftcli.models.builtin import builtin_path
+from ftcli.recipe import load_recipe
+from ftcli.tasks import sft
+from tests.helpers import RECIPES
+
+SMOKE = RECIPES / "smoke"
+PROBE = "<|im_start|>user\nWhat is the capital of Peru?<|im_end|>\n<|im_start|>assistant\n"
+BASE = str(builtin_path("builtin:tiny-llama"))
+
+RELOAD = """
+import sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+out, kind, probe, dest = sys.argv[1:5]
+tok = AutoTokenizer.from_pretrained(out)
+if kind == "full":
+    model = AutoModelForCausalLM.from_pretrained(out)
+else:
+    from peft import PeftModel
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                           bnb_4bit_compute_dtype=torch.float32) if kind == "qlora" else None
+    base = AutoModelForCausalLM.from_pretrained(%r, quantization_config=q, device_map={"": "cpu"} if q else None)
+    model = PeftModel.from_pretrained(base, out)
+model.eval()
+ids = tok(probe, return_tensors="pt", add_special_tokens=False)["input_ids"]
+with torch.no_grad():
+    torch.save(model(input_ids=ids).logits[0].float(), dest)
+""" % BASE
+
+
+def probe_logits(model, tokenizer):
+    ids = tokenizer(PROBE, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=ids).logits[0].float()
+
+
+def train(recipe_name, out, *overrides):
+    recipe = load_recipe(SMOKE / f"{recipe_name}.yaml", [f"output.dir={out}", *overrides])
+    seen = {}
+
+    def on_done(model, tokenizer):
+        seen["logits"] = probe_logits(model, tokenizer)
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        seen["model"] = base
+
+    summary = sft.run(recipe, on_done=on_done)
+    return summary, seen
+
+
+def fresh_base_state():
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(BASE).state_dict()
+
+
+@pytest.mark.parametrize("name, kind", [("sft-full", "full"), ("sft-qlora", "qlora"), ("sft-prefix", "prefix"),
+                                        ("sft-prompt", "prompt"), ("pretrain-lora", "lora")])  # fmt: skip
+def test_method_trains_only_its_parameters_and_reloads(name, kind, tmp_path):
+    out = tmp_path / "run"
+    # bitsandbytes' CPU backend repacks 4-bit weights in place at the first no-grad forward (an eval), which
+    # changes their numerics slightly; keep the QLoRA run free of evals so both sides use the same kernels.
+    summary, seen = train(name, out, *(["data.eval_fraction=0"] if kind == "qlora" else []))
+    assert summary["status"] == "completed"
+    assert summary["final_loss"] < 0.7 * summary["first_loss"], summary
+
+    base = fresh_base_state()
+    trained = {k.replace(".base_layer", ""): v for k, v in seen["model"].state_dict().items() if "lora_" not in k}
+    if kind == "full":
+        changed = [k for k in base if not torch.equal(base[k], trained[k])]
+        assert len(changed) == len(base)  # every weight trained
+    elif kind == "qlora":
+        import bitsandbytes as bnb
+
+        linear4 = [m for m in seen["model"].modules() if isinstance(m, bnb.nn.Linear4bit)]
+        assert len(linear4) == 14 and all(m.weight.quant_type == "nf4" for m in linear4)
+        # the 4-bit base and everything not adapted stays as loaded
+        for key, value in base.items():
+            if key in trained and trained[key].dtype == value.dtype and trained[key].shape == value.shape:
+                assert torch.equal(value, trained[key]), key
+    else:  # lora / prefix / prompt: the base is frozen bitwise
+        assert all(torch.equal(base[k], trained[k]) for k in base)
+
+    dest = tmp_path / "logits.pt"
+    subprocess.run([sys.executable, "-c", RELOAD, str(out), kind, PROBE, str(dest)], check=True,
+                   capture_output=True)  # fmt: skip
+    # Known gap (see CHANGELOG): with bitsandbytes' CPU 4-bit backend, the model left by the trainer and a fresh
+    # reload differ by a few hundredths in logits although base and adapter weights are bitwise equal.
+    tolerance = 0.1 if kind == "qlora" else 1e-4
+    torch.testing.assert_close(torch.load(dest), seen["logits"], rtol=tolerance, atol=tolerance)
+
+
+def test_keys_to_finetune_trains_exactly_the_matched_parameters(tmp_path):
+    summary, seen = train("sft-full", tmp_path / "run", "method.keys_to_finetune=[lm_head,layers.1.mlp]",
+                          "training.max_steps=10")  # fmt: skip
+    base, trained = fresh_base_state(), seen["model"].state_dict()
+    for key in base:
+        matched = "lm_head" in key or "layers.1.mlp" in key
+        assert torch.equal(base[key], trained[key]) != matched, key
+    saved = load_file(tmp_path / "run" / "model.safetensors")
+    assert torch.equal(saved["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
+
+
+def test_a_key_that_matches_nothing_is_an_error_with_real_names(tmp_path):
+    with pytest.raises(RecipeError) as info:
+        train("sft-full", tmp_path / "run", "method.keys_to_finetune=[vision_tower]")
+    message = str(info.value)
+    assert message.startswith("method.keys_to_finetune: 'vision_tower' matches no parameter")
+    assert "model.layers.0.self_attn" in message or "model.embed_tokens.weight" in message
+
+
+def test_lora_target_that_names_no_module_is_caught(tmp_path):
+    with pytest.raises(RecipeError) as info:
+        train("sft-lora", tmp_path / "run", "method.target_modules=[q_lin,v_lin]")
+    assert "'q_lin' names no module of this model; its linear layers are" in str(info.value)
+    assert "q_proj" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["sft-lora", "sft-qlora"])
+def test_merged_output_generates_like_base_plus_adapter(name, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "run"
+    summary, _ = train(name, out, "output.merge=true", "training.max_steps=40")
+    assert summary["outputs"]["merged"] == str(out / "merged")
+    tok = AutoTokenizer.from_pretrained(out / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged").eval()
+    assert not hasattr(merged.config, "quantization_config")
+    if name == "sft-qlora":  # compare against the same dequantized base the merge used
+        base = AutoModelForCausalLM.from_pretrained(BASE, quantization_config=_nf4(), device_map={"": "cpu"})
+        base = base.dequantize()
+    else:
+        base = AutoModelForCausalLM.from_pretrained(BASE)
+    adapted = PeftModel.from_pretrained(base, out).eval()
+    ids = tok([PROBE, "<|im_start|>user\nDescribe a red star.<|im_end|>\n<|im_start|>assistant\n"],
+              add_special_tokens=False)["input_ids"]  # fmt: skip
+    for row in ids:
+        x = torch.tensor([row])
+        a = adapted.generate(input_ids=x, max_new_tokens=24, do_sample=False)
+        b = merged.generate(input_ids=x, max_new_tokens=24, do_sample=False)
+        assert torch.equal(a, b)
+
+
+def _nf4():
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.float32)  # fmt: skip
+
+
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    steps = ["training.max_steps=20", "training.save_steps=10", "training.save_total_limit=5"]
+    train("sft-full", tmp_path / "a", *steps)
+    train("sft-full", tmp_path / "b", *steps)
+    # "kill" run b after its first checkpoint: drop everything written after it, then --resume
+    b = tmp_path / "b"
+    for path in [b / "checkpoint-20", b / "model.safetensors"]:
+        subprocess.run(["rm", "-rf", str(path)], check=True)
+    recipe = load_recipe(SMOKE / "sft-full.yaml", [f"output.dir={b}", *steps])
+    summary = sft.run(recipe, resume=True)
+    assert summary["status"] == "completed" and summary["steps"] == 20
+    first, resumed = load_file(tmp_path / "a" / "model.safetensors"), load_file(b / "model.safetensors")
+    for key in first:
+        torch.testing.assert_close(resumed[key], first[key], rtol=1e-5, atol=1e-6)
+
+
+def test_resume_without_a_checkpoint_refuses(tmp_path):
+    from ftcli.errors import UserError
+
+    recipe = load_recipe(SMOKE / "sft-full.yaml", [f"output.dir={tmp_path / 'none'}"])
+    with pytest.raises(UserError, match="no complete checkpoint"):
+        sft.run(recipe, resume=True)
