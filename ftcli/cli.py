@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -41,7 +40,7 @@ def _root(
     STATE["debug"] = debug
 
 
-def _load(recipe: str, overrides: Optional[List[str]]):
+def _load(recipe: str, overrides: list[str] | None):
     from ftcli.recipe import load_recipe
     from ftcli.recipe.catalog import find_recipe
 
@@ -72,7 +71,7 @@ def _quiet_libraries() -> None:
 
 
 @app.command()
-def validate(recipe: str = RecipeArg, overrides: Optional[List[str]] = OverridesArg, as_json: bool = JsonOpt):
+def validate(recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg, as_json: bool = JsonOpt):
     """Check a recipe without running it and print it fully resolved (every default filled in)."""
     import yaml
 
@@ -84,7 +83,7 @@ def validate(recipe: str = RecipeArg, overrides: Optional[List[str]] = Overrides
 
 
 @app.command()
-def prepare(recipe: str = RecipeArg, overrides: Optional[List[str]] = OverridesArg, as_json: bool = JsonOpt):
+def prepare(recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg, as_json: bool = JsonOpt):
     """Tokenize and cache a recipe's data, and report rows kept, dropped, truncated and token counts."""
     from ftcli import launch
 
@@ -98,7 +97,7 @@ def prepare(recipe: str = RecipeArg, overrides: Optional[List[str]] = OverridesA
 @app.command()
 def train(
     recipe: str = RecipeArg,
-    overrides: Optional[List[str]] = OverridesArg,
+    overrides: list[str] | None = OverridesArg,
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty output dir"),
     resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint in the output dir"),
     as_json: bool = JsonOpt,
@@ -114,13 +113,13 @@ def train(
 
 
 @app.command()
-def align(recipe: str = RecipeArg, overrides: Optional[List[str]] = OverridesArg):
+def align(recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg):
     """DPO and reward-model training (not available in this version yet)."""
     raise UserError("`ftcli align` (DPO, reward models) is not implemented in this version yet")
 
 
 @app.command()
-def infer(recipe: str = RecipeArg, overrides: Optional[List[str]] = OverridesArg):
+def infer(recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg):
     """Generate with a trained model (not available in this version yet)."""
     raise UserError("`ftcli infer` is not implemented in this version yet; load the run dir with transformers/peft")
 
@@ -168,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:
         sys.stderr.close()  # a closed pipe (`| head`) is not an error
         sys.exit(0)
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, unless --debug
+    except Exception as exc:
         if STATE["debug"]:
             raise
         where = Path(sys.exc_info()[2].tb_frame.f_code.co_filename).name if sys.exc_info()[2] else ""

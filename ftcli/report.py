@@ -163,7 +163,7 @@ def step_time_percentiles(times: list[float]) -> dict:
     if not times:
         return {}
     ordered = sorted(times[1:] or times)  # the first step includes warm-up
-    pick = lambda q: round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 4)  # noqa: E731
+    pick = lambda q: round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 4)
     return {"p50": pick(0.5), "p90": pick(0.9), "max": round(ordered[-1], 4)}
 
 

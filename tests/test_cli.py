@@ -71,7 +71,7 @@ def test_align_and_infer_do_not_pretend(capsys):
 def test_recipes_lists_bundled_recipes_with_descriptions(capsys):
     assert call_main("recipes", "--json") == 0
     listed = {r["name"]: r["description"] for r in json.loads(capsys.readouterr().out)}
-    assert "smoke/sft-lora" in listed and listed["smoke/sft-lora"]
+    assert listed.get("smoke/sft-lora")
     assert all(not name.startswith("data") for name in listed)
 
 

@@ -189,3 +189,18 @@ def test_packed_rows_keep_documents_apart():
     labels, lengths = packed["labels"][0], packed["seq_lengths"][0]
     starts = [sum(lengths[:i]) for i in range(len(lengths))]
     assert all(labels[s] == IGNORE for s in starts)
+
+
+def test_empty_text_documents_are_dropped_and_counted(tmp_path, tok):
+    recipe = recipe_for(tmp_path, [{"text": "hello world"}, {"text": ""}, {"text": "  "}, {"text": "bye"}], fmt="text")
+    stats = prepare_data(recipe, tok).stats
+    assert stats["sources"][0]["kept"] == 2 and stats["sources"][0]["dropped_no_labels"] == 2
+
+
+def test_a_template_without_end_of_turn_gets_eos_as_a_label(tok):
+    bare = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + ' ' }}{% endfor %}"
+    bare += "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+    row = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    out = encode(tok, "chat", row, template=bare)
+    assert out["input_ids"][0][-1] == tok.eos_token_id
+    assert labelled_text(tok, out["input_ids"][0], out["labels"][0]) == "yo <|endoftext|>"

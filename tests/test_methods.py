@@ -180,3 +180,17 @@ def test_resume_without_a_checkpoint_refuses(tmp_path):
     recipe = load_recipe(SMOKE / "sft-full.yaml", [f"output.dir={tmp_path / 'none'}"])
     with pytest.raises(UserError, match="no complete checkpoint"):
         sft.run(recipe, resume=True)
+
+
+def test_continue_from_a_previous_run(tmp_path):
+    """model.adapter continues an adapter; model.name takes a full run dir; an adapter dir as name is refused."""
+    first, _ = train("sft-lora", tmp_path / "lora", "training.max_steps=30")
+    again, _ = train("sft-lora", tmp_path / "lora2", f"model.adapter={tmp_path / 'lora'}", "training.max_steps=5")
+    assert again["first_loss"] < 0.6 * first["first_loss"]  # it starts where the first run ended
+
+    full, _ = train("sft-full", tmp_path / "full", "training.max_steps=30")
+    chained, _ = train("sft-lora", tmp_path / "chained", f"model.name={tmp_path / 'full'}", "training.max_steps=5")
+    assert chained["first_loss"] < 0.6 * full["first_loss"]
+
+    with pytest.raises(RecipeError, match="holds a PEFT adapter, not full weights"):
+        train("sft-lora", tmp_path / "bad", f"model.name={tmp_path / 'lora'}")

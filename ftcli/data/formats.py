@@ -22,9 +22,9 @@ class BadRow(ValueError):
 
 
 def canonical_row(fmt: str, row: dict, columns: dict[str, str]) -> dict:
-    col = lambda name: columns.get(name, name)  # noqa: E731
+    col = lambda name: columns.get(name, name)
     if fmt == "text":
-        return {"text": _text(row, col("text"))}
+        return {"text": _text(row, col("text"), allow_empty=True)}  # empty documents are dropped, not errors
     if fmt == "completion":
         return {"prompt": _text(row, col("prompt"), allow_empty=True), "completion": _text(row, col("completion"))}
     if fmt == "instruction":

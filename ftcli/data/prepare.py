@@ -8,16 +8,30 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
-from ftcli.data.cache import data_cache_root, fingerprint, load_cached, save_cached, source_fingerprint
-from ftcli.data.cache import tokenizer_fingerprint
+from ftcli.data.cache import (
+    data_cache_root,
+    fingerprint,
+    load_cached,
+    save_cached,
+    source_fingerprint,
+    tokenizer_fingerprint,
+)
 from ftcli.data.packing import pack_rows
 from ftcli.data.sources import ROW, load_source
 from ftcli.data.templates import resolve_template
-from ftcli.data.tokenize import BAD, DROPPED_NO_LABELS, DROPPED_OVERLONG, IGNORE, OK, SPLIT, TRUNCATED
-from ftcli.data.tokenize import RowTokenizer
+from ftcli.data.tokenize import (
+    BAD,
+    DROPPED_NO_LABELS,
+    DROPPED_OVERLONG,
+    IGNORE,
+    OK,
+    SPLIT,
+    TRUNCATED,
+    RowTokenizer,
+)
 from ftcli.errors import DataError
 from ftcli.recipe.schema import DataSource, Recipe
 
@@ -156,7 +170,7 @@ def _pack(ds, max_length: int, seed: int):
 def _split_stats(ds) -> dict:
     lengths = sorted(len(x) for x in ds["input_ids"])
     labels = sum(sum(1 for t in row if t != IGNORE) for row in ds["labels"])
-    pick = lambda q: lengths[min(len(lengths) - 1, int(q * len(lengths)))] if lengths else 0  # noqa: E731
+    pick = lambda q: lengths[min(len(lengths) - 1, int(q * len(lengths)))] if lengths else 0
     return {
         "rows": len(lengths),
         "tokens": sum(lengths),

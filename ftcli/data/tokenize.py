@@ -76,7 +76,10 @@ class RowTokenizer:
         tok = self.tokenizer
         encoded = tok([c["text"] for c in canon])["input_ids"] if canon else []
         results = []
-        for ids in encoded:
+        for c, ids in zip(canon, encoded):
+            if not c["text"].strip():  # e.g. WikiText's blank lines: nothing to learn, counted as dropped
+                results.append([([], [], DROPPED_NO_LABELS, 0)])
+                continue
             if not ids or ids[-1] != tok.eos_token_id:
                 ids = ids + [tok.eos_token_id]
             # Pretraining keeps every token: long documents become several max_length pieces.

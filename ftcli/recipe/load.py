@@ -11,8 +11,9 @@ import os
 import re
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -284,9 +285,7 @@ def _clean_loc(loc: tuple, raw: Any) -> tuple:
     """Keep the parts of a pydantic error location that are real keys (drop union-member tags)."""
     clean, node = [], raw
     for i, part in enumerate(loc):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+        if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int) and part < len(node):
             node = node[part]
         elif i < len(loc) - 1:
             continue

@@ -6,7 +6,6 @@ from __future__ import annotations
 import typing
 
 from pydantic import BaseModel
-from pydantic_core import PydanticUndefined
 
 from ftcli.recipe import schema
 

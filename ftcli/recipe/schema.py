@@ -5,7 +5,7 @@ Every model forbids unknown keys, so a misspelt key is an error (with a did-you-
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
@@ -108,7 +108,7 @@ class PromptMethod(Strict):
 
 
 Method = Annotated[
-    Union[FullMethod, LoraMethod, QLoraMethod, PrefixMethod, PromptMethod], Field(discriminator="type")
+    FullMethod | LoraMethod | QLoraMethod | PrefixMethod | PromptMethod, Field(discriminator="type")
 ]
 PEFT_METHODS = ("lora", "qlora", "prefix", "prompt")
 

@@ -43,7 +43,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: bool = False, on_done=N
 
 def _train(recipe: Recipe, out: Path, resume: bool, on_done=None) -> dict:
     import torch
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     _check_hardware(recipe)
     tokenizer = load_tokenizer(recipe.model)
