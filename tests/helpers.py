@@ -34,3 +34,49 @@ def call_main(*args):
 def write_recipe(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+# A chat prompt every trained smoke model is probed with.
+PROBE = "<|im_start|>user\nWhat is the capital of Peru?<|im_end|>\n<|im_start|>assistant\n"
+
+# Loads a run dir in plain transformers/peft (no ftcli) and saves its logits on PROBE.
+RELOAD_SCRIPT = """
+import sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+out, kind, base_dir, probe, dest = sys.argv[1:6]
+tok = AutoTokenizer.from_pretrained(out)
+if kind == "full":
+    model = AutoModelForCausalLM.from_pretrained(out)
+else:
+    from peft import PeftModel
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                           bnb_4bit_compute_dtype=torch.float32) if kind == "qlora" else None
+    base = AutoModelForCausalLM.from_pretrained(base_dir, quantization_config=q, device_map={"": "cpu"} if q else None)
+    model = PeftModel.from_pretrained(base, out)
+model.eval()
+ids = tok(probe, return_tensors="pt", add_special_tokens=False)["input_ids"]
+with torch.no_grad():
+    torch.save(model(input_ids=ids).logits[0].float(), dest)
+"""
+
+
+def probe_logits(model, tokenizer):
+    """Logits of `model` on PROBE, in eval mode."""
+    import torch
+
+    ids = tokenizer(PROBE, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=ids).logits[0].float()
+
+
+def reload_logits(run_dir: Path, kind: str, dest: Path):
+    """Logits on PROBE of `run_dir` reloaded in a fresh process with plain transformers/peft."""
+    import torch
+
+    from ftcli.models.builtin import builtin_path
+
+    base = builtin_path("builtin:tiny-llama")
+    subprocess.run([sys.executable, "-c", RELOAD_SCRIPT, str(run_dir), kind, str(base), PROBE, str(dest)],
+                   check=True, capture_output=True)  # fmt: skip
+    return torch.load(dest)

@@ -1,7 +1,6 @@
 """Every adaptation method trains, changes only what it should, and reloads in plain transformers/peft."""
 
-import subprocess
-import sys
+import shutil
 
 import pytest
 import torch
@@ -11,37 +10,10 @@ from ftcli.errors import RecipeError
 from ftcli.models.builtin import builtin_path
 from ftcli.recipe import load_recipe
 from ftcli.tasks import sft
-from tests.helpers import RECIPES
+from tests.helpers import PROBE, RECIPES, probe_logits, reload_logits
 
 SMOKE = RECIPES / "smoke"
-PROBE = "<|im_start|>user\nWhat is the capital of Peru?<|im_end|>\n<|im_start|>assistant\n"
 BASE = str(builtin_path("builtin:tiny-llama"))
-
-RELOAD = """
-import sys, torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
-out, kind, probe, dest = sys.argv[1:5]
-tok = AutoTokenizer.from_pretrained(out)
-if kind == "full":
-    model = AutoModelForCausalLM.from_pretrained(out)
-else:
-    from peft import PeftModel
-    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                           bnb_4bit_compute_dtype=torch.float32) if kind == "qlora" else None
-    base = AutoModelForCausalLM.from_pretrained(%r, quantization_config=q, device_map={"": "cpu"} if q else None)
-    model = PeftModel.from_pretrained(base, out)
-model.eval()
-ids = tok(probe, return_tensors="pt", add_special_tokens=False)["input_ids"]
-with torch.no_grad():
-    torch.save(model(input_ids=ids).logits[0].float(), dest)
-""" % BASE
-
-
-def probe_logits(model, tokenizer):
-    ids = tokenizer(PROBE, return_tensors="pt", add_special_tokens=False)["input_ids"]
-    model.eval()
-    with torch.no_grad():
-        return model(input_ids=ids).logits[0].float()
 
 
 def train(recipe_name, out, *overrides):
@@ -90,13 +62,11 @@ def test_method_trains_only_its_parameters_and_reloads(name, kind, tmp_path):
     else:  # lora / prefix / prompt: the base is frozen bitwise
         assert all(torch.equal(base[k], trained[k]) for k in base)
 
-    dest = tmp_path / "logits.pt"
-    subprocess.run([sys.executable, "-c", RELOAD, str(out), kind, PROBE, str(dest)], check=True,
-                   capture_output=True)  # fmt: skip
     # Known gap (see CHANGELOG): with bitsandbytes' CPU 4-bit backend, the model left by the trainer and a fresh
     # reload differ by a few hundredths in logits although base and adapter weights are bitwise equal.
     tolerance = 0.1 if kind == "qlora" else 1e-4
-    torch.testing.assert_close(torch.load(dest), seen["logits"], rtol=tolerance, atol=tolerance)
+    fresh = reload_logits(out, kind, tmp_path / "logits.pt")
+    torch.testing.assert_close(fresh, seen["logits"], rtol=tolerance, atol=tolerance)
 
 
 def test_keys_to_finetune_trains_exactly_the_matched_parameters(tmp_path):
@@ -164,8 +134,8 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path):
     train("sft-full", tmp_path / "b", *steps)
     # "kill" run b after its first checkpoint: drop everything written after it, then --resume
     b = tmp_path / "b"
-    for path in [b / "checkpoint-20", b / "model.safetensors"]:
-        subprocess.run(["rm", "-rf", str(path)], check=True)
+    shutil.rmtree(b / "checkpoint-20")
+    (b / "model.safetensors").unlink()
     recipe = load_recipe(SMOKE / "sft-full.yaml", [f"output.dir={b}", *steps])
     summary = sft.run(recipe, resume=True)
     assert summary["status"] == "completed" and summary["steps"] == 20

@@ -1,26 +1,15 @@
 """The first slice end to end: LoRA SFT on builtin:tiny-llama, and its outputs in plain transformers/peft."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from ftcli.models.builtin import builtin_path
 from ftcli.recipe import load_recipe
-from tests.helpers import RECIPES, call_main
+from tests.helpers import PROBE, RECIPES, call_main, probe_logits, reload_logits
 
 SMOKE = RECIPES / "smoke" / "sft-lora.yaml"
-PROBE = "<|im_start|>user\nWhat is the capital of Peru?<|im_end|>\n<|im_start|>assistant\n"
-
-
-def probe_logits(model, tokenizer):
-    ids = tokenizer(PROBE, return_tensors="pt", add_special_tokens=False)["input_ids"]
-    model.eval()
-    with torch.no_grad():
-        return model(input_ids=ids).logits[0].float()
-
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
@@ -68,19 +57,7 @@ def test_adapter_reloads_in_a_fresh_process_with_plain_peft(smoke_run, tmp_path)
     out, _, captured = smoke_run
     assert (out / "adapter_config.json").exists() and (out / "adapter_model.safetensors").exists()
     assert (out / "chat_template.jinja").exists()
-    script = f"""
-import torch, sys
-from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
-tok = AutoTokenizer.from_pretrained({str(out)!r})
-base = AutoModelForCausalLM.from_pretrained({str(builtin_path('builtin:tiny-llama'))!r})
-model = PeftModel.from_pretrained(base, {str(out)!r}).eval()
-ids = tok({PROBE!r}, return_tensors="pt", add_special_tokens=False)["input_ids"]
-with torch.no_grad():
-    torch.save(model(input_ids=ids).logits[0].float(), {str(tmp_path / 'logits.pt')!r})
-"""
-    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
-    fresh = torch.load(tmp_path / "logits.pt")
+    fresh = reload_logits(out, "lora", tmp_path / "logits.pt")
     torch.testing.assert_close(fresh, captured["logits"], rtol=1e-5, atol=1e-5)
 
 

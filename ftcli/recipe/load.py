@@ -285,7 +285,9 @@ def _clean_loc(loc: tuple, raw: Any) -> tuple:
     """Keep the parts of a pydantic error location that are real keys (drop union-member tags)."""
     clean, node = [], raw
     for i, part in enumerate(loc):
-        if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int) and part < len(node):
+        in_dict = isinstance(node, dict) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and part < len(node)
+        if in_dict or in_list:
             node = node[part]
         elif i < len(loc) - 1:
             continue
