@@ -131,7 +131,7 @@ def make_callback(run_dir: Path, collator=None):
                 return
             row = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), **_clean(logs)}
             if "eval_loss" in row:
-                row["eval_perplexity"] = _perplexity(row["eval_loss"])
+                row["eval_perplexity"] = perplexity(row["eval_loss"])
                 self.best_eval = row["eval_loss"] if self.best_eval is None else min(self.best_eval, row["eval_loss"])
             self.last.update(row)
             with self.metrics_file.open("a") as handle:
@@ -167,7 +167,7 @@ def step_time_percentiles(times: list[float]) -> dict:
     return {"p50": pick(0.5), "p90": pick(0.9), "max": round(ordered[-1], 4)}
 
 
-def _perplexity(loss: float) -> float:
+def perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 50 else float("inf")
 
 

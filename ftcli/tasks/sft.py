@@ -101,7 +101,8 @@ def _train(recipe: Recipe, out: Path, resume: bool, on_done=None) -> dict:
         packing=False,  # already packed, without cross-row attention, by ftcli's data layer
     )
     callback = report.make_callback(out, train_collator)
-    trainer = _Trainer(
+    trainer = _build_trainer(
+        eval_collator,
         model=model,
         args=args,
         data_collator=train_collator,
@@ -110,7 +111,6 @@ def _train(recipe: Recipe, out: Path, resume: bool, on_done=None) -> dict:
         processing_class=tokenizer,
         callbacks=[callback],
     )
-    trainer.eval_collator = eval_collator
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts to stdout, which is for results
@@ -138,7 +138,7 @@ def _train(recipe: Recipe, out: Path, resume: bool, on_done=None) -> dict:
         "train_loss": result.training_loss,
         "final_eval_loss": final_eval.get("eval_loss"),
         "best_eval_loss": min(evals) if evals else None,
-        "final_eval_perplexity": report._perplexity(final_eval["eval_loss"]) if final_eval else None,
+        "final_eval_perplexity": report.perplexity(final_eval["eval_loss"]) if final_eval else None,
         "tokens": trainer.state.num_input_tokens_seen,
         "train_seconds": round(train_seconds, 2),
         "tokens_per_s": round(real / train_seconds, 1) if train_seconds > 0 else None,
@@ -161,27 +161,20 @@ def _train(recipe: Recipe, out: Path, resume: bool, on_done=None) -> dict:
     return summary
 
 
-def _load_trainer_class():
+def _build_trainer(eval_collator, **kwargs):
+    """An SFTTrainer whose eval batches go through their own collator, so token counts stay train-only."""
     from trl import SFTTrainer
 
     class Trainer(SFTTrainer):
-        """SFTTrainer whose eval batches go through their own collator, so token counts stay train-only."""
-
-        eval_collator = None
-
         def get_eval_dataloader(self, eval_dataset=None):
             train_collator = self.data_collator
-            self.data_collator = self.eval_collator or train_collator
+            self.data_collator = eval_collator
             try:
                 return super().get_eval_dataloader(eval_dataset)
             finally:
                 self.data_collator = train_collator
 
-    return Trainer
-
-
-def _Trainer(**kwargs):
-    return _load_trainer_class()(**kwargs)
+    return Trainer(**kwargs)
 
 
 def _checkpointing_args(config_cls, enabled: bool) -> dict:
