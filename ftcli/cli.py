@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from ftcli import __version__
-from ftcli.errors import UserError
+from ftcli.errors import RecipeError, UserError
 
 app = typer.Typer(
     add_completion=False,
@@ -19,7 +19,7 @@ app = typer.Typer(
     rich_markup_mode=None,
     help="Fine-tune LLMs from one YAML recipe: ftcli train recipe.yaml [key.path=value ...]",
 )
-STATE = {"debug": False}
+STATE = {"debug": False, "recipe": None}
 
 RecipeArg = typer.Argument(..., help="recipe YAML file (or a bundled recipe name, see `ftcli recipes`)")
 OverridesArg = typer.Argument(None, help="dotted overrides, e.g. training.learning_rate=1e-4", show_default=False)
@@ -44,7 +44,8 @@ def _load(recipe: str, overrides: list[str] | None):
     from ftcli.recipe import load_recipe
     from ftcli.recipe.catalog import find_recipe
 
-    return load_recipe(find_recipe(recipe), overrides or [])
+    STATE["recipe"] = load_recipe(find_recipe(recipe), overrides or [])
+    return STATE["recipe"]
 
 
 def _quiet_libraries() -> None:
@@ -75,7 +76,11 @@ def validate(recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg
     """Check a recipe without running it and print it fully resolved (every default filled in)."""
     import yaml
 
-    resolved = _load(recipe, overrides).model_dump(mode="json")
+    from ftcli.models.compat import check_method_fits_model
+
+    loaded = _load(recipe, overrides)
+    check_method_fits_model(loaded)
+    resolved = loaded.model_dump(mode="json")
     if as_json:
         typer.echo(json.dumps(resolved, indent=2))
     else:
@@ -159,6 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as exc:
         if STATE["debug"]:
             raise
+        if isinstance(exc, RecipeError) and exc.key and not exc.where and STATE["recipe"] is not None:
+            exc.where = STATE["recipe"].where(exc.key)  # errors found after loading still point at the YAML line
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:

@@ -4,6 +4,7 @@ arrives with its own issue; until then a recipe asking for it is refused with th
 from __future__ import annotations
 
 from ftcli.errors import UserError
+from ftcli.models.compat import check_method_fits_model
 from ftcli.recipe.schema import TASK_COMMAND, Recipe
 
 
@@ -14,6 +15,7 @@ def check_command(command: str, recipe: Recipe) -> None:
         raise UserError(f"task {recipe.task} is run by `ftcli {wanted}`, not `ftcli {command}`")
     if recipe.task == "caption":
         raise UserError("task caption (multimodal GIT training) is not available in this version yet")
+    check_method_fits_model(recipe)
 
 
 def run_train(recipe: Recipe, overwrite: bool, resume: bool) -> dict:

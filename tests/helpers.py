@@ -51,6 +51,7 @@ else:
     from peft import PeftModel
     q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                            bnb_4bit_compute_dtype=torch.float32) if kind == "qlora" else None
+    q = BitsAndBytesConfig(load_in_8bit=True) if kind == "qlora8" else q
     base = AutoModelForCausalLM.from_pretrained(base_dir, quantization_config=q, device_map={"": "cpu"} if q else None)
     model = PeftModel.from_pretrained(base, out)
 model.eval()

@@ -78,3 +78,26 @@ def test_recipes_lists_bundled_recipes_with_descriptions(capsys):
 def test_missing_recipe_file(capsys):
     assert call_main("validate", "nope.yaml") == 2
     assert "recipe file not found" in capsys.readouterr().err
+
+
+def test_validate_refuses_prefix_tuning_on_a_model_without_kv_cache(tmp_path, capsys):
+    model = tmp_path / "mamba"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "mamba"}')
+    recipe = write_recipe(tmp_path / "r.yaml", f"extends: {RECIPES / 'smoke' / 'sft-prefix.yaml'}\n"
+                                               f"model:\n  name: {model}\n")  # fmt: skip
+    assert call_main("validate", recipe) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "method.type: prefix tuning needs a key/value cache" in err
+    assert f"{RECIPES / 'smoke' / 'sft-prefix.yaml'}:" in err  # where method.type was written
+    assert call_main("validate", RECIPES / "smoke" / "sft-prefix.yaml", "training.gradient_checkpointing=true") == 2
+    assert "training.gradient_checkpointing: peft's prefix tuning" in capsys.readouterr().err
+
+
+def test_errors_found_while_running_still_name_the_yaml_line(tmp_path, capsys):
+    recipe = write_recipe(tmp_path / "r.yaml", f"extends: {RECIPES / 'smoke' / 'sft-lora.yaml'}\n"
+                                               "training:\n  optimizer: paged_adamw_8bit\n"
+                                               f"output:\n  dir: {tmp_path / 'run'}\n")  # fmt: skip
+    assert call_main("train", recipe) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: {recipe}:3 training.optimizer: paged_adamw_8bit is a bitsandbytes CUDA optimizer")

@@ -4,7 +4,7 @@ import pytest
 
 from ftcli.errors import RecipeError
 from ftcli.recipe import load_recipe
-from tests.helpers import DATA, write_recipe
+from tests.helpers import DATA, RECIPES, write_recipe
 
 BASE = f"""\
 model:
@@ -129,3 +129,9 @@ def test_task_and_format_must_agree(tmp_path):
     assert error_of(path, ["task=pretrain"]) == (
         f"{path}:4 data.format: task pretrain cannot learn from chat rows (it takes text)"
     )
+
+
+def test_paths_resolve_next_to_the_file_that_wrote_them(tmp_path):
+    child = write_recipe(tmp_path / "child.yaml", f"extends: {RECIPES / 'smoke' / 'sft-lora.yaml'}\n")
+    recipe = load_recipe(child)
+    assert recipe.data.sources[0].path == str((DATA / "chat.jsonl").resolve())

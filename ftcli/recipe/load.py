@@ -67,6 +67,7 @@ def load_recipe(
         raise _to_recipe_error(exc, origins, raw) from None
     _resolve_local_paths(recipe, Path(path).resolve().parent, origins)
     recipe._source = str(path)
+    recipe._origins = origins
     recipe._secret_paths = [p for p in env_paths if SECRET_KEY.search(p)]
     return recipe
 
@@ -348,11 +349,19 @@ def _resolve_local_path(text: str, base: Path) -> str | None:
 
 
 def _resolve_local_paths(recipe: Recipe, base: Path, origins: Origins) -> None:
-    """Data files are relative to the recipe (so recipes travel with their data), then to the working dir."""
+    """Data files are relative to the recipe file that names them (so recipes travel with their data, also through
+    `extends`), then to the working dir."""
+
+    def base_of(path: KeyPath) -> Path:
+        origin = origins.find(path)
+        if origin and origin != "command line":
+            return Path(origin.rsplit(":", 1)[0]).resolve().parent
+        return base
+
     sources = [("sources", i, s) for i, s in enumerate(recipe.data.sources)]
     sources += [("eval_sources", i, s) for i, s in enumerate(recipe.data.eval_sources)]
     for group, i, src in sources:
-        found = _resolve_local_path(src.path, base)
+        found = _resolve_local_path(src.path, base_of(("data", group, i, "path")))
         if found:
             src.path = found
         elif _looks_local(src.path):
@@ -362,7 +371,7 @@ def _resolve_local_paths(recipe: Recipe, base: Path, origins: Origins) -> None:
     for key in ("name", "adapter"):
         value = getattr(recipe.model, key)
         if value and not value.startswith("builtin:"):
-            found = _resolve_local_path(value, base)
+            found = _resolve_local_path(value, base_of(("model", key)))
             if found:
                 setattr(recipe.model, key, found)
             elif _looks_local(value):

@@ -222,6 +222,11 @@ class Recipe(Strict):
 
     _source: str | None = PrivateAttr(None)  # the recipe file it was loaded from
     _secret_paths: list[str] = PrivateAttr(default_factory=list)  # keys filled from secret-looking env vars
+    _origins: Any = PrivateAttr(None)  # key path -> "file:line" or "command line", from the loader
+
+    def where(self, key: str) -> str | None:
+        """Where a dotted key was written, so errors found after loading can still point at the YAML line."""
+        return self._origins.find(tuple(key.split("."))) if self._origins is not None else None
 
     @model_validator(mode="before")
     @classmethod
@@ -244,6 +249,11 @@ class Recipe(Strict):
             raise ValueError(
                 f"data.packing: {kind} tuning prepends virtual tokens to each row, so packed rows would share one "
                 "prefix; set data.packing: false"
+            )
+        if kind == "prefix" and self.training.gradient_checkpointing is True:
+            raise ValueError(
+                "training.gradient_checkpointing: peft's prefix tuning keeps its prefix in the key/value cache, "
+                "which gradient checkpointing cannot recompute; set it to false (auto already does)"
             )
         if self.training.precision == "fp16" and kind == "qlora" and self.method.compute_dtype == "bfloat16":
             raise ValueError("training.precision: fp16 autocast with bf16 QLoRA compute mixes dtypes; use bf16")

@@ -53,7 +53,11 @@ def _train(recipe: Recipe, out: Path, resume: bool, on_done=None) -> dict:
     model = load_base_model(recipe)
     model.config.use_cache = False  # a KV cache during training hides packed-row boundaries from transformers
     tokens_per_step = recipe.training.batch_size * recipe.data.max_length
-    checkpointing, why = choose_gradient_checkpointing(recipe.training.gradient_checkpointing, model, tokens_per_step)
+    if recipe.method.type == "prefix":  # the learned prefix lives in the KV cache, which checkpointing cannot replay
+        checkpointing, why = False, "off: prefix tuning cannot use it"
+    else:
+        setting = recipe.training.gradient_checkpointing
+        checkpointing, why = choose_gradient_checkpointing(setting, model, tokens_per_step)
     model = apply_method(model, recipe, model_source(recipe.model), checkpointing)
     total, trainable = parameter_counts(model)
     if trainable == 0:
@@ -111,16 +115,19 @@ def _train(recipe: Recipe, out: Path, resume: bool, on_done=None) -> dict:
         processing_class=tokenizer,
         callbacks=[callback],
     )
+    if recipe.method.type == "qlora":
+        _adapter_to_compute_dtype(trainer.model, recipe)
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts to stdout, which is for results
     _print_plan(recipe, model, total, trainable, prepared, trainer, lr, precision, checkpointing, why)
 
     checkpoint = newest_checkpoint(out) if resume else None
-    start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    train_seconds = time.perf_counter() - start
-    final_eval = trainer.evaluate() if has_eval else {}
+    with _quantized_training_guard(recipe, trainer.model):
+        start = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        train_seconds = time.perf_counter() - start
+        final_eval = trainer.evaluate() if has_eval else {}
 
     saved = save_model_outputs(trainer.model, tokenizer, recipe, out)
     if on_done is not None:
@@ -175,6 +182,32 @@ def _build_trainer(eval_collator, **kwargs):
                 self.data_collator = train_collator
 
     return Trainer(**kwargs)
+
+
+def _quantized_training_guard(recipe: Recipe, model):
+    import contextlib
+
+    import torch
+
+    if recipe.method.type == "qlora" and recipe.method.bits == 4 and not torch.cuda.is_available():
+        from ftcli.models.bnb_cpu import training_layout
+
+        return training_layout(model)
+    return contextlib.nullcontext()
+
+
+def _adapter_to_compute_dtype(model, recipe: Recipe) -> None:
+    """TRL casts QLoRA adapter weights to bf16 (the paper's GPU setting) whatever the compute dtype. Where compute
+    is fp32 (CPUs, GPUs without bf16) that only loses precision, and the saved bf16 adapter then reloads upcast to
+    fp32 and no longer gives the trained model's logits; keep adapters in the compute dtype instead."""
+    from ftcli.models.load import quantization_config
+
+    dtype = getattr(quantization_config(recipe), "bnb_4bit_compute_dtype", None)
+    if dtype is None or recipe.method.bits == 8:
+        dtype = compute_dtype(recipe)
+    for name, param in model.named_parameters():
+        if param.requires_grad and "lora_magnitude_vector" not in name:
+            param.data = param.data.to(dtype)
 
 
 def _checkpointing_args(config_cls, enabled: bool) -> dict:
