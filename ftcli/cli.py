@@ -76,10 +76,10 @@ def validate(recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg
     """Check a recipe without running it and print it fully resolved (every default filled in)."""
     import yaml
 
-    from ftcli.models.compat import check_method_fits_model
+    from ftcli import launch
 
     loaded = _load(recipe, overrides)
-    check_method_fits_model(loaded)
+    launch.check_runnable(loaded)
     resolved = loaded.model_dump(mode="json")
     if as_json:
         typer.echo(json.dumps(resolved, indent=2))
@@ -118,9 +118,21 @@ def train(
 
 
 @app.command()
-def align(recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg):
-    """DPO and reward-model training (not available in this version yet)."""
-    raise UserError("`ftcli align` (DPO, reward models) is not implemented in this version yet")
+def align(
+    recipe: str = RecipeArg,
+    overrides: list[str] | None = OverridesArg,
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty output dir"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint in the output dir"),
+    as_json: bool = JsonOpt,
+):
+    """Preference training: dpo, kto, orpo, simpo, or a reward model, with full, LoRA or QLoRA."""
+    from ftcli import launch
+
+    loaded = _load(recipe, overrides)
+    _quiet_libraries()
+    summary = launch.run_align(loaded, overwrite=overwrite, resume=resume)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, default=str))
 
 
 @app.command()

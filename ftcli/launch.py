@@ -1,5 +1,6 @@
 """Where a command runs. One process: here, in-process. (Multi-process dispatch through `accelerate launch`
-arrives with its own issue; until then a recipe asking for it is refused with the reason.)"""
+arrives with its own issue; until then a recipe asking for it is refused with the reason.) Each task is one
+module of ftcli.tasks named after it."""
 
 from __future__ import annotations
 
@@ -13,8 +14,19 @@ def check_command(command: str, recipe: Recipe) -> None:
     wanted = TASK_COMMAND[recipe.task]
     if command in ("train", "align") and wanted != command:
         raise UserError(f"task {recipe.task} is run by `ftcli {wanted}`, not `ftcli {command}`")
+    check_runnable(recipe)
+
+
+def check_runnable(recipe: Recipe) -> None:
+    """Refusals that need no model loaded (also run by `ftcli validate`)."""
     if recipe.task == "caption":
         raise UserError("task caption (multimodal GIT training) is not available in this version yet")
+    if recipe.task in ("orpo", "simpo"):
+        raise UserError(
+            f"task {recipe.task}: the installed TRL offers ORPO and SimPO (CPO) only in trl.experimental, whose "
+            "trainers tokenize raw text themselves and whose API may change in any release; ftcli does not wire "
+            "them yet. Use task: dpo (e.g. align.loss_type: ipo or robust) or task: kto"
+        )
     check_method_fits_model(recipe)
 
 
@@ -25,9 +37,15 @@ def run_train(recipe: Recipe, overwrite: bool, resume: bool) -> dict:
     return sft.run(recipe, overwrite=overwrite, resume=resume)
 
 
+def run_align(recipe: Recipe, overwrite: bool, resume: bool) -> dict:
+    check_command("align", recipe)
+    import importlib
+
+    module = importlib.import_module(f"ftcli.tasks.{recipe.task}")
+    return module.run(recipe, overwrite=overwrite, resume=resume)
+
+
 def run_prepare(recipe: Recipe) -> dict:
-    if recipe.task in ("dpo", "reward"):
-        raise UserError(f"`ftcli prepare` for task {recipe.task} comes with `ftcli align`, not available yet")
     check_command("prepare", recipe)
     from ftcli.tasks import prepare
 

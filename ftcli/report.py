@@ -43,10 +43,13 @@ def print_prepare_stats(stats: dict, cache_dir: str, cache_hit: bool) -> None:
     for split in ("train", "eval"):
         if split in stats:
             st = stats[split]
-            line = (
-                f"{split}: {st['rows']} rows, {human(st['tokens'])} tokens, {human(st['label_tokens'])} label tokens, "
-                f"length p50/p90/p99/max {st['length_p50']}/{st['length_p90']}/{st['length_p99']}/{st['length_max']}"
-            )
+            line = f"{split}: {st['rows']} rows, {human(st['tokens'])} tokens, {human(st['label_tokens'])} label tokens, "
+            if "prompt_length_p50" in st:  # preference pairs
+                line += f"prompt p50/max {st['prompt_length_p50']}/{st['prompt_length_max']}, longest pair "
+                line += str(st["longest_pair"])
+            else:
+                line += f"length p50/p90/p99/max {st['length_p50']}/{st['length_p90']}/{st['length_p99']}/"
+                line += str(st["length_max"])
             if "packed_rows" in st:
                 line += f", packed into {st['packed_rows']} rows ({st['packing_efficiency']:.0%} full)"
             console.print(line)
@@ -58,6 +61,10 @@ def write_json(path: Path, payload: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     os.replace(tmp, path)
+
+
+# TRL's preference accuracy metrics (DPO/KTO/ORPO/SimPO and reward models), train and eval.
+ACCURACY_KEYS = ("rewards/accuracies", "eval_rewards/accuracies", "accuracy", "eval_accuracy")
 
 
 def plot_losses(metrics_file: Path, out: Path) -> bool:
@@ -82,7 +89,18 @@ def plot_losses(metrics_file: Path, out: Path) -> bool:
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
-    ax.legend()
+    handles = ax.get_legend_handles_labels()
+    accuracy = {k: [(r["step"], r[k]) for r in rows if k in r] for k in ACCURACY_KEYS}
+    if any(accuracy.values()):  # preference runs: accuracy on a second axis
+        ax2 = ax.twinx()
+        for key, points in accuracy.items():
+            if points:
+                ax2.plot(*zip(*points), "--" if key.startswith("eval") else ":", label=key.replace("/", " "))
+        ax2.set_ylabel("preference accuracy")
+        ax2.set_ylim(0, 1.05)
+        extra = ax2.get_legend_handles_labels()
+        handles = (handles[0] + extra[0], handles[1] + extra[1])
+    ax.legend(*handles, loc="center right")
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)

@@ -1,12 +1,14 @@
 """Format adapters: one raw dataset row -> ftcli's canonical row, with the recipe's column mapping applied.
 
 Canonical rows: text -> {"text"}; chat and instruction -> {"messages": [{"role", "content"}, ...]};
-completion -> {"prompt", "completion"}; preference -> {"prompt", "chosen", "rejected"}.
+completion -> {"prompt", "completion"}; preference -> {"prompt", "chosen", "rejected", "margin"}, where each side is
+a string or a message list (see `_preference`).
 A malformed row raises BadRow naming the dataset field, so the caller can report file and row.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 ROLE_ALIASES = {
@@ -32,7 +34,7 @@ def canonical_row(fmt: str, row: dict, columns: dict[str, str]) -> dict:
     if fmt == "chat":
         return {"messages": _messages(row.get(col("messages")), col("messages"), col("role"), col("content"))}
     if fmt == "preference":
-        return {k: row.get(col(k)) for k in ("prompt", "chosen", "rejected")}
+        return _preference(row, col)
     raise ValueError(f"unknown format {fmt}")
 
 
@@ -59,7 +61,86 @@ def _instruction_messages(row: dict, col) -> list[dict]:
     return messages
 
 
-def _messages(value: Any, field: str, role_key: str, content_key: str) -> list[dict]:
+# Anthropic HH-style transcripts: "\n\nHuman: ...\n\nAssistant: ..." in one string.
+HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ ]?")
+
+
+def _preference(row: dict, col) -> dict:
+    """Three shapes of pair, all to prompt/chosen/rejected: explicit strings; conversational (message lists, where
+    chosen/rejected may repeat the prompt turns, as in UltraFeedback-binarized); and whole transcripts sharing a
+    prefix (as in Anthropic HH: no prompt column, the prompt is the common beginning)."""
+    sides = {}
+    for name in ("chosen", "rejected"):
+        value = row.get(col(name))
+        if value is None:
+            raise BadRow(col(name), "missing; map it with data.columns if the dataset names it differently")
+        sides[name] = _side(value, col(name))
+    chosen, rejected = sides["chosen"], sides["rejected"]
+    prompt = row.get(col("prompt"))
+    if isinstance(prompt, str) and not prompt.strip():
+        prompt = None
+    if prompt is None:  # the prompt is what both transcripts share
+        if isinstance(chosen, list) != isinstance(rejected, list):
+            raise BadRow(col("chosen"), "chosen and rejected must both be text or both be message lists")
+        n = _common_prefix(chosen, rejected)
+        if isinstance(chosen, list):  # whole turns only: the answers start at the first differing message
+            while n and chosen[n - 1]["role"] == "assistant" and n == min(len(chosen), len(rejected)):
+                n -= 1
+        if n == 0:
+            raise BadRow(col("prompt"), "missing, and chosen/rejected share no beginning to take it from")
+        prompt, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
+    else:
+        prompt = _side(prompt, col("prompt"), answers=False)
+        if isinstance(chosen, list) or isinstance(rejected, list) or isinstance(prompt, list):
+            prompt = _as_messages(prompt, "user")
+            chosen, rejected = _as_messages(chosen, "assistant"), _as_messages(rejected, "assistant")
+            chosen, rejected = _strip_prefix(chosen, prompt), _strip_prefix(rejected, prompt)
+    for name, side in (("chosen", chosen), ("rejected", rejected)):
+        text = side if isinstance(side, str) else "".join(m["content"] for m in side)
+        if not text.strip():
+            raise BadRow(col(name), "is empty (after the shared prompt)")
+        if isinstance(side, list) and side[-1]["role"] != "assistant":
+            raise BadRow(col(name), "does not end with an assistant answer")
+    if chosen == rejected:
+        raise BadRow(col("chosen"), "identical to rejected: the pair carries no preference")
+    margin = row.get(col("margin"))
+    if margin is not None and not isinstance(margin, (int, float)):
+        raise BadRow(col("margin"), f"expected a number, got {type(margin).__name__}")
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "margin": margin}
+
+
+def _side(value: Any, field: str, answers: bool = True) -> str | list[dict]:
+    if isinstance(value, str):
+        if HH_TURN.search(value) and value.lstrip("\n").startswith(("Human:", "Assistant:")):
+            return _hh_messages(value)
+        return value
+    if isinstance(value, list):
+        return _messages(value, field, "role", "content", require_assistant=False)
+    raise BadRow(field, f"expected text or a list of messages, got {type(value).__name__}")
+
+
+def _hh_messages(text: str) -> list[dict]:
+    parts = HH_TURN.split("\n\n" + text.lstrip("\n"))
+    roles = {"Human": "user", "Assistant": "assistant"}
+    return [{"role": roles[who], "content": said.strip()} for who, said in zip(parts[1::2], parts[2::2])]
+
+
+def _as_messages(side: str | list[dict], role: str) -> list[dict]:
+    return side if isinstance(side, list) else [{"role": role, "content": side}]
+
+
+def _strip_prefix(side: list[dict], prompt: list[dict]) -> list[dict]:
+    return side[len(prompt) :] if side[: len(prompt)] == prompt else side
+
+
+def _common_prefix(a, b) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _messages(value: Any, field: str, role_key: str, content_key: str, require_assistant: bool = True) -> list[dict]:
     if value is None:
         raise BadRow(field, "missing; map it with data.columns.messages if the dataset names it differently")
     if not isinstance(value, list) or not value:
@@ -80,6 +161,6 @@ def _messages(value: Any, field: str, role_key: str, content_key: str) -> list[d
         if role == "assistant" and not content.strip():
             raise BadRow(f"{where}.{content_key}", "empty assistant answer")
         out.append({"role": role, "content": content})
-    if not any(m["role"] == "assistant" for m in out):
+    if require_assistant and not any(m["role"] == "assistant" for m in out):
         raise BadRow(field, "no assistant message to learn from")
     return out

@@ -20,6 +20,7 @@ from ftcli.data.cache import (
     tokenizer_fingerprint,
 )
 from ftcli.data.packing import pack_rows
+from ftcli.data.pairs import PAIR_COLUMNS, PairTokenizer
 from ftcli.data.sources import ROW, load_source
 from ftcli.data.templates import resolve_template
 from ftcli.data.tokenize import (
@@ -33,14 +34,14 @@ from ftcli.data.tokenize import (
     RowTokenizer,
 )
 from ftcli.errors import DataError
-from ftcli.recipe.schema import DataSource, Recipe
+from ftcli.recipe.schema import ALIGN_TASKS, DataSource, Recipe
 
 KEEP = (OK, TRUNCATED, SPLIT)
 
 
 @dataclass
 class PreparedData:
-    train: object  # datasets.Dataset: input_ids, labels (+ seq_lengths when packed)
+    train: object  # datasets.Dataset: input_ids, labels (+ seq_lengths when packed); pairs: prompt/chosen/rejected_ids
     eval: object | None
     stats: dict
     cache_dir: str
@@ -52,13 +53,17 @@ class PreparedData:
 def prepare_data(recipe: Recipe, tokenizer, log: Callable[[str], None] = lambda _: None) -> PreparedData:
     data = recipe.data
     packed = recipe.packing_enabled()
+    pairs = recipe.task in ALIGN_TASKS
     needs_template = any((s.format or data.format) in ("chat", "instruction") for s in _all_sources(recipe))
+    if pairs:  # preference pairs use a chat template when there is one, else raw text
+        needs_template = bool(data.template or getattr(tokenizer, "chat_template", None))
     template = resolve_template(data.template, tokenizer) if needs_template else None
     key = fingerprint(
         {
             "data": data.model_dump(mode="json", exclude={"cache_dir", "num_proc"}),
             "task": recipe.task,
             "packed": packed,
+            "max_prompt_length": recipe.max_prompt_length() if pairs else None,
             "template": template,
             "tokenizer": tokenizer_fingerprint(tokenizer),
             "files": [source_fingerprint(s.path) for s in _all_sources(recipe)],
@@ -95,9 +100,10 @@ def prepare_data(recipe: Recipe, tokenizer, log: Callable[[str], None] = lambda 
     if len(train) == 0:
         raise DataError("no training rows left after tokenization (all dropped or bad); see `ftcli prepare`")
 
-    stats = {"sources": source_stats, "train": _split_stats(train)}
+    split_stats = _pair_stats if pairs else _split_stats
+    stats = {"sources": source_stats, "train": split_stats(train)}
     if evaluation is not None:
-        stats["eval"] = _split_stats(evaluation)
+        stats["eval"] = split_stats(evaluation)
     if packed:
         train = _pack(train, data.max_length, data.seed)
         stats["train"].update(_packing_stats(train, data.max_length))
@@ -135,7 +141,11 @@ def _tokenize_source(recipe: Recipe, src: DataSource, key: str, tokenizer, templ
         ds = ds.select([i % len(ds) for i in range(n)])
     fmt = src.format or data.format
     columns = src.columns if src.columns is not None else data.columns
-    tokenize = RowTokenizer(tokenizer, fmt, columns, template, data.train_on, data.max_length, data.overlong)
+    if recipe.task in ALIGN_TASKS:
+        tokenize = PairTokenizer(tokenizer, columns, template, data.max_length, recipe.max_prompt_length(),
+                                 data.overlong)  # fmt: skip
+    else:
+        tokenize = RowTokenizer(tokenizer, fmt, columns, template, data.train_on, data.max_length, data.overlong)
     num_proc = data.num_proc if data.num_proc and data.num_proc > 1 else None
     out = ds.map(tokenize, batched=True, batch_size=256, remove_columns=ds.column_names, num_proc=num_proc)
     statuses = out["status"]
@@ -149,7 +159,18 @@ def _tokenize_source(recipe: Recipe, src: DataSource, key: str, tokenizer, templ
                 row=out[first][ROW],
             )
     keep = [i for i, s in enumerate(statuses) if s in KEEP]
-    return out.select(keep).select_columns(["input_ids", "labels"]), {
+    out = out.select(keep)
+    if recipe.task in ALIGN_TASKS:
+        margins = out["margin"]
+        has_margin = any(m is not None for m in margins)
+        if has_margin and any(m is None for m in margins):
+            first = next(i for i, m in enumerate(margins) if m is None)
+            raise DataError("margin missing on some rows but not others", file=src.path, row=out[first][ROW],
+                            field=columns.get("margin", "margin"))  # fmt: skip
+        out = out.select_columns([*PAIR_COLUMNS, *(["margin"] if has_margin else [])])
+    else:
+        out = out.select_columns(["input_ids", "labels"])
+    return out, {
         "rows_read": rows_read,
         "rows_used": len(ds),
         "kept": len(keep),
@@ -180,6 +201,21 @@ def _split_stats(ds) -> dict:
         "length_p99": pick(0.99),
         "length_max": lengths[-1] if lengths else 0,
     }
+
+
+def _pair_stats(ds) -> dict:
+    prompts = sorted(len(x) for x in ds["prompt_ids"])
+    answers = [len(c) + len(r) for c, r in zip(ds["chosen_ids"], ds["rejected_ids"])]
+    pick = lambda q: prompts[min(len(prompts) - 1, int(q * len(prompts)))] if prompts else 0
+    return {
+        "rows": len(prompts),
+        "tokens": sum(prompts) * 2 + sum(answers),  # each side is scored after its own copy of the prompt
+        "label_tokens": sum(answers),
+        "prompt_length_p50": pick(0.5),
+        "prompt_length_max": prompts[-1] if prompts else 0,
+        "longest_pair": max((p + max(len(c), len(r)) for p, c, r in
+                             zip(map(len, ds["prompt_ids"]), ds["chosen_ids"], ds["rejected_ids"])), default=0),
+    }  # fmt: skip
 
 
 def _packing_stats(packed, max_length: int) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from ftcli.errors import RecipeError, UserError
@@ -71,8 +72,9 @@ def quantization_config(recipe: Recipe):
 
 
 def load_base_model(recipe: Recipe, device_map=None):
-    """The base causal LM, quantized for QLoRA, in the recipe's dtype."""
-    from transformers import AutoModelForCausalLM
+    """The base model, quantized for QLoRA, in the recipe's dtype: a causal LM, or for `task: reward` the same
+    checkpoint with a one-output sequence-classification head (new, seeded) on top."""
+    import transformers
 
     spec = recipe.model
     kwargs = dict(
@@ -83,14 +85,24 @@ def load_base_model(recipe: Recipe, device_map=None):
     )
     if spec.attn_implementation:
         kwargs["attn_implementation"] = spec.attn_implementation
+    auto = transformers.AutoModelForCausalLM
+    if recipe.task == "reward":
+        auto, kwargs["num_labels"] = transformers.AutoModelForSequenceClassification, 1
+        transformers.set_seed(recipe.training.seed)  # the score head is freshly initialized
     if device_map is not None:
         kwargs["device_map"] = device_map
     elif recipe.method.type == "qlora":
         import torch
 
         kwargs["device_map"] = {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
+    quiet = contextlib.nullcontext()
+    if recipe.task == "reward":  # the new score head and the unused lm_head are expected, not worth a report
+        from trl.trainer.reward_trainer import suppress_seqcls_warning
+
+        quiet = suppress_seqcls_warning()
     try:
-        return AutoModelForCausalLM.from_pretrained(model_source(spec), **kwargs)
+        with quiet:
+            return auto.from_pretrained(model_source(spec), **kwargs)
     except (OSError, ValueError) as exc:
         raise _load_error(spec, exc) from None
 

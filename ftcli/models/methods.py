@@ -18,25 +18,30 @@ def apply_method(model, recipe: Recipe, tokenizer_source: str | None = None, gra
 
     import peft
 
+    # A reward model's score head is new: it trains in full and is saved with the adapter.
+    task_type = "SEQ_CLS" if recipe.task == "reward" else "CAUSAL_LM"
+    modules_to_save = list(method.modules_to_save) if method.type in ("lora", "qlora") else []
+    if recipe.task == "reward" and "score" not in modules_to_save:
+        modules_to_save.append("score")
     if method.type in ("lora", "qlora"):
         if method.type == "qlora":
             model = peft.prepare_model_for_kbit_training(
                 model, use_gradient_checkpointing=bool(gradient_checkpointing)
             )
         config = peft.LoraConfig(
-            task_type="CAUSAL_LM",
+            task_type=task_type,
             r=method.r,
             lora_alpha=method.alpha,
             lora_dropout=method.dropout,
             target_modules=_check_targets(model, method.target_modules),
             bias=method.bias,
-            modules_to_save=method.modules_to_save or None,
+            modules_to_save=modules_to_save or None,
             use_dora=method.use_dora,
             use_rslora=method.use_rslora,
         )
     elif method.type == "prefix":
         config = peft.PrefixTuningConfig(
-            task_type="CAUSAL_LM",
+            task_type=task_type,
             num_virtual_tokens=method.num_virtual_tokens,
             prefix_projection=method.prefix_projection,
             encoder_hidden_size=method.encoder_hidden_size or model.config.hidden_size,
@@ -49,7 +54,7 @@ def apply_method(model, recipe: Recipe, tokenizer_source: str | None = None, gra
                 "prompt_tuning_init_text": method.init_text,
                 "tokenizer_name_or_path": tokenizer_source,
             }
-        config = peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=method.num_virtual_tokens, **init)
+        config = peft.PromptTuningConfig(task_type=task_type, num_virtual_tokens=method.num_virtual_tokens, **init)
     try:
         return peft.get_peft_model(model, config)
     except (ValueError, TypeError, NotImplementedError) as exc:

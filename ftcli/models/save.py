@@ -13,7 +13,8 @@ from ftcli.recipe.schema import Recipe
 def save_model_outputs(model, tokenizer, recipe: Recipe, out: Path) -> dict:
     is_peft = hasattr(model, "peft_config")
     _restore_inference_config(model)
-    model.save_pretrained(out, safe_serialization=True)
+    # Only the trained adapter: DPO may hold a frozen "ref" copy beside it.
+    model.save_pretrained(out, safe_serialization=True, **({"selected_adapters": ["default"]} if is_peft else {}))
     save_tokenizer(tokenizer, out)
     saved = {"kind": "adapter" if is_peft else "full", "path": str(out)}
     if recipe.output.merge:

@@ -9,7 +9,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-Task = Literal["pretrain", "sft", "dpo", "reward", "caption"]
+Task = Literal["pretrain", "sft", "dpo", "reward", "kto", "orpo", "simpo", "caption"]
+ALIGN_TASKS = ("dpo", "reward", "kto", "orpo", "simpo")
 Format = Literal["text", "instruction", "chat", "completion", "preference"]
 
 # The columns each format reads, with the names used when `columns:` does not map them.
@@ -18,18 +19,17 @@ FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
     "instruction": ("instruction", "input", "output", "system"),
     "chat": ("messages", "role", "content"),
     "completion": ("prompt", "completion"),
-    "preference": ("prompt", "chosen", "rejected"),
+    "preference": ("prompt", "chosen", "rejected", "margin"),
 }
 # Which formats each task can learn from.
 TASK_FORMATS: dict[str, tuple[str, ...]] = {
     "pretrain": ("text",),
     "sft": ("chat", "instruction", "completion"),
-    "dpo": ("preference",),
-    "reward": ("preference",),
+    **{task: ("preference",) for task in ALIGN_TASKS},
     "caption": (),
 }
 # The command that runs each task.
-TASK_COMMAND = {"pretrain": "train", "sft": "train", "caption": "train", "dpo": "align", "reward": "align"}
+TASK_COMMAND = {"pretrain": "train", "sft": "train", "caption": "train", **{task: "align" for task in ALIGN_TASKS}}
 
 OPTIMIZERS = (
     "adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adagrad", "rmsprop",
@@ -172,7 +172,8 @@ class TrainingSpec(Strict):
     batch_size: int = Field(8, gt=0, description="rows per device per step (packed rows when packing)")
     grad_accum: int = Field(1, gt=0, description="gradient accumulation steps")
     learning_rate: float | None = Field(
-        None, gt=0, description="None = 2e-5 for full, 2e-4 for lora/qlora, 3e-2 for prefix/prompt"
+        None, gt=0, description="None = by method (full/lora/prefix): train 2e-5/2e-4/3e-2, preference "
+        "5e-7/5e-6/1e-3, reward 1e-5/1e-4/1e-3"
     )
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr"] = "cosine"
     warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
@@ -195,10 +196,43 @@ class TrainingSpec(Strict):
         default_factory=list, description="trackers: tensorboard, wandb, mlflow, trackio (their own integrations)"
     )
 
-    def default_learning_rate(self, method: str) -> float:
+    def default_learning_rate(self, method: str, task: str = "sft") -> float:
         if self.learning_rate is not None:
             return self.learning_rate
-        return {"full": 2e-5, "lora": 2e-4, "qlora": 2e-4}.get(method, 3e-2)
+        adapter = method in ("lora", "qlora")
+        if task == "reward":
+            return 1e-4 if adapter else 1e-5 if method == "full" else 1e-3
+        if task in ALIGN_TASKS:  # preference losses: Zephyr/TRL-style small steps
+            return 5e-6 if adapter else 5e-7 if method == "full" else 1e-3
+        return 2e-4 if adapter else 2e-5 if method == "full" else 3e-2
+
+
+class AlignSpec(Strict):
+    """Preference optimization (`ftcli align`): the knobs of TRL's DPO, KTO, ORPO, SimPO (CPO) and reward trainers."""
+
+    beta: float | None = Field(
+        None, gt=0, description="None = 0.1 (dpo, kto, orpo λ); 2.0 for simpo. DPO/KTO: strength of the KL anchor"
+    )
+    loss_type: str | list[str] = Field(
+        "sigmoid", description="dpo: sigmoid, ipo, hinge, robust, ... (any the installed TRL offers; a list mixes)"
+    )
+    loss_weights: list[float] | None = Field(None, description="weights when loss_type is a list")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="robust/cDPO label noise (dpo)")
+    ref_model: str | None = Field(
+        None, description="explicit reference model for full fine-tuning; None = the starting model (frozen copy), "
+        "or for adapters the starting model with the new adapter disabled"
+    )
+    precompute_ref_log_probs: bool = Field(False, description="score the reference once up front (saves memory)")
+    max_prompt_length: int | None = Field(
+        None, ge=1, description="prompt tokens kept (from the end); None = half of data.max_length"
+    )
+    simpo_gamma: float = Field(0.5, description="simpo: target reward margin")
+    desirable_weight: float = Field(1.0, gt=0, description="kto: weight of chosen (desirable) examples")
+    undesirable_weight: float = Field(1.0, gt=0, description="kto: weight of rejected (undesirable) examples")
+    center_rewards_coefficient: float | None = Field(None, description="reward: pull mean reward to 0 (InstructGPT)")
+
+    def default_beta(self, task: str) -> float:
+        return self.beta if self.beta is not None else (2.0 if task == "simpo" else 0.1)
 
 
 class OutputSpec(Strict):
@@ -212,11 +246,14 @@ class LaunchSpec(Strict):
 
 class Recipe(Strict):
     description: str | None = Field(None, description="one line shown by `ftcli recipes`")
-    task: Task = Field("sft", description="pretrain, sft (ftcli train); dpo, reward (ftcli align); caption")
+    task: Task = Field(
+        "sft", description="pretrain, sft (ftcli train); dpo, reward, kto, orpo, simpo (ftcli align); caption"
+    )
     model: ModelSpec
     method: Method = Field(default_factory=FullMethod)
     data: DataSpec
     training: TrainingSpec = Field(default_factory=TrainingSpec)
+    align: AlignSpec = Field(default_factory=AlignSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
     launch: LaunchSpec = Field(default_factory=LaunchSpec)
 
@@ -257,6 +294,13 @@ class Recipe(Strict):
             )
         if self.training.precision == "fp16" and kind == "qlora" and self.method.compute_dtype == "bfloat16":
             raise ValueError("training.precision: fp16 autocast with bf16 QLoRA compute mixes dtypes; use bf16")
+        if self.align.ref_model and (kind != "full" or self.task not in ("dpo", "kto")):
+            raise ValueError(
+                "align.ref_model: an explicit reference model is for full fine-tuning with dpo or kto; adapters use "
+                "the starting model with the adapter disabled, and orpo/simpo/reward need none"
+            )
+        if self.task in ALIGN_TASKS and self.data.packing:
+            raise ValueError("data.packing: preference pairs are scored whole; packing applies to train tasks only")
         if self.data.eval_sources and self.data.eval_fraction:
             raise ValueError("data.eval_fraction: set either eval_fraction or eval_sources, not both")
         return self
@@ -265,3 +309,6 @@ class Recipe(Strict):
         if self.data.packing is not None:
             return self.data.packing
         return self.method.type not in ("prefix", "prompt") and self.task in ("pretrain", "sft")
+
+    def max_prompt_length(self) -> int:
+        return self.align.max_prompt_length or self.data.max_length // 2

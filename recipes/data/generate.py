@@ -90,6 +90,25 @@ def main():
                            "rejected": f"The capital of {country} is {wrong}."})
     write("preference.jsonl", preference)
 
+    # The same preference rule in the two other shapes real datasets use (appended after the existing sets so
+    # those stay byte-identical). UltraFeedback-binarized: chosen/rejected are whole conversations repeating the
+    # prompt turn. Anthropic HH: no prompt column, two transcripts that share everything up to the last answer.
+    ultrafeedback, hh = [], []
+    for i in range(120):
+        country = rng.choice(list(CAPITALS))
+        wrong = rng.choice([c for k, c in CAPITALS.items() if k != country])
+        q = rng.choice(QUESTIONS).format(c=country)
+        right_answer, wrong_answer = f"The capital of {country} is {CAPITALS[country]}.", f"It is {wrong}."
+        user = {"role": "user", "content": q}
+        ultrafeedback.append({"prompt": q, "chosen": [user, {"role": "assistant", "content": right_answer}],
+                              "rejected": [user, {"role": "assistant", "content": wrong_answer}],
+                              "score_chosen": 9.0, "score_rejected": 2.0})
+        opener = "\n\nHuman: Hi, I have a geography question.\n\nAssistant: Sure, go ahead."
+        hh.append({"chosen": f"{opener}\n\nHuman: {q}\n\nAssistant: {right_answer}",
+                   "rejected": f"{opener}\n\nHuman: {q}\n\nAssistant: {wrong_answer}"})
+    write("preference_ultrafeedback.jsonl", ultrafeedback)
+    write("preference_hh.jsonl", hh)
+
 
 if __name__ == "__main__":
     main()

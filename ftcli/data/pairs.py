@@ -1,0 +1,99 @@
+"""Preference rows -> prompt_ids / chosen_ids / rejected_ids, the pre-tokenized layout TRL's preference trainers
+consume (their own tokenization is skipped, as for SFT).
+
+Conversational pairs, and string pairs when a chat template is available, are rendered with the template: the
+prompt with the generation prompt, each answer as the text the whole conversation adds after it (so the template's
+end-of-turn marker is part of the answer). Without a template, string pairs are joined as raw text, as TRL does.
+Long pairs keep the end of the prompt (the turn being answered) and the beginning of each answer.
+
+Used as a batched `datasets.map` function, so it must stay picklable (num_proc > 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ftcli.data.formats import BadRow, canonical_row
+from ftcli.data.tokenize import BAD, DROPPED_NO_LABELS, DROPPED_OVERLONG, OK, TRUNCATED
+
+PAIR_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
+
+
+@dataclass
+class PairTokenizer:
+    tokenizer: object
+    columns: dict
+    template: str | None  # None: no chat template, string pairs are joined as raw text
+    max_length: int
+    max_prompt_length: int
+    overlong: str  # truncate | drop
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        names = list(batch)
+        out: dict[str, list] = {k: [] for k in (*PAIR_COLUMNS, "margin", "status", "raw_length", "__row", "error")}
+        for values in zip(*batch.values()):
+            row = dict(zip(names, values))
+            try:
+                pair = canonical_row("preference", row, self.columns)
+                prompt, chosen, rejected, status, raw = self._encode(pair)
+                margin, error = pair["margin"], None
+            except BadRow as bad:
+                prompt, chosen, rejected, status, raw, margin = [], [], [], BAD, 0, None
+                error = f"field '{bad.field}': {bad.message}"
+            for key, value in zip(PAIR_COLUMNS, (prompt, chosen, rejected)):
+                out[key].append(value)
+            out["margin"].append(None if margin is None else float(margin))
+            out["status"].append(status)
+            out["raw_length"].append(raw)
+            out["__row"].append(row.get("__row", 0))
+            out["error"].append(error)
+        return out
+
+    def _encode(self, pair: dict):
+        tok = self.tokenizer
+        chat = any(isinstance(pair[k], list) for k in ("prompt", "chosen", "rejected"))
+        if chat and self.template is None:
+            raise BadRow("chosen", "conversational pairs need a chat template; set data.template (e.g. chatml)")
+        if self.template is not None:
+            as_list = lambda side, role: side if isinstance(side, list) else [{"role": role, "content": side}]
+            messages = as_list(pair["prompt"], "user")
+            prompt_text = self._apply(messages, True)
+            answers = []
+            for name in ("chosen", "rejected"):
+                full = self._apply(messages + as_list(pair[name], "assistant"), False)
+                if not full.startswith(prompt_text):
+                    raise BadRow(name, "the chat template renders the prompt differently inside the conversation; "
+                                       "set data.template (e.g. chatml)")  # fmt: skip
+                answers.append(full[len(prompt_text) :])
+            prompt_ids = tok(prompt_text, add_special_tokens=False)["input_ids"]
+        else:
+            prompt_ids = tok(pair["prompt"])["input_ids"]
+            answers = [pair["chosen"], pair["rejected"]]
+        special = set(tok.all_special_ids)
+        completions = []
+        for ids in tok(answers, add_special_tokens=False)["input_ids"]:
+            if not any(t in special for t in ids):  # the model must learn to stop
+                ids = ids + [tok.eos_token_id]
+            completions.append(ids)
+        return self._fit(prompt_ids, *completions)
+
+    def _fit(self, prompt, chosen, rejected):
+        raw = len(prompt) + max(len(chosen), len(rejected))
+        status = OK
+        if raw > self.max_length or len(prompt) > self.max_prompt_length:
+            if self.overlong == "drop":
+                return [], [], [], DROPPED_OVERLONG, raw
+            prompt = prompt[-self.max_prompt_length :]
+            budget = self.max_length - len(prompt)
+            chosen, rejected, status = chosen[:budget], rejected[:budget], TRUNCATED
+        if chosen == rejected:  # truncation cut away every difference
+            return [], [], [], DROPPED_NO_LABELS, raw
+        return prompt, chosen, rejected, status, raw
+
+    def _apply(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        try:
+            return self.tokenizer.apply_chat_template(
+                messages, chat_template=self.template, tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+        except Exception as exc:  # noqa: BLE001 - a template's own raise_exception or a Jinja error
+            raise BadRow("prompt", f"chat template rejected this conversation: {exc}") from None

@@ -1,0 +1,72 @@
+"""`task: dpo` — TRL's DPOTrainer on ftcli's pre-tokenized pairs (prompt_ids / chosen_ids / rejected_ids).
+
+The reference model: for adapter methods, TRL scores it with the adapter switched to a frozen copy of the starting
+adapter, so a fresh adapter's reference is the base and a continued SFT adapter's reference is the SFT model; for
+full fine-tuning, a frozen copy of the starting model, or `align.ref_model`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ftcli import report
+from ftcli.errors import RecipeError
+from ftcli.recipe.schema import Recipe
+from ftcli.tasks.preference import evaluation_accuracy, reference_model
+from ftcli.tasks.runner import Setup, run_task, train_and_save, training_args
+
+
+def run(recipe: Recipe, overwrite: bool = False, resume: bool = False, on_done=None) -> dict:
+    return run_task(recipe, lambda r, out, res: _train(r, out, res, on_done), overwrite, resume)
+
+
+def _train(recipe: Recipe, out: Path, resume: bool, on_done=None) -> dict:
+    from trl import DPOConfig, DPOTrainer
+
+    setup = Setup(recipe, tokens_per_step=2 * recipe.training.batch_size * recipe.data.max_length)
+    a = recipe.align
+    loss_type = [a.loss_type] if isinstance(a.loss_type, str) else list(a.loss_type)
+    known = _dpo_loss_types()
+    unknown = [t for t in loss_type if known and t not in known]
+    if unknown:
+        raise RecipeError(f"{unknown[0]!r} is not a DPO loss of the installed TRL; it offers {', '.join(known)}",
+                          key="align.loss_type")  # fmt: skip
+    args = training_args(
+        DPOConfig, recipe, out, setup,
+        beta=a.default_beta("dpo"),
+        loss_type=loss_type,
+        loss_weights=a.loss_weights,
+        label_smoothing=a.label_smoothing,
+        precompute_ref_log_probs=a.precompute_ref_log_probs,
+        max_length=None,  # pairs are already cut to data.max_length / align.max_prompt_length
+    )  # fmt: skip
+
+    class Trainer(DPOTrainer):
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            return dataset  # tokenized, templated and length-checked by ftcli's data layer
+
+    callback = report.make_callback(out)
+    try:
+        trainer = Trainer(
+            model=setup.model,
+            ref_model=reference_model(recipe, setup),
+            args=args,
+            train_dataset=setup.data.train,
+            eval_dataset=setup.data.eval if setup.has_eval else None,
+            processing_class=setup.tokenizer,
+            callbacks=[callback],
+        )
+    except (ValueError, NotImplementedError) as exc:
+        raise RecipeError(f"TRL's DPOTrainer refused this setup: {str(exc).splitlines()[0]}", key="method.type") from None
+    summary = train_and_save(trainer, setup, out, resume, callback, on_done)
+    summary.update(evaluation_accuracy(summary, "rewards/accuracies", "rewards/margins"))
+    return summary
+
+
+def _dpo_loss_types() -> list[str]:
+    import re
+
+    from trl import DPOConfig
+
+    help_text = DPOConfig.__dataclass_fields__["loss_type"].metadata.get("help", "")
+    return re.findall(r"`'([a-z_]+)'`", help_text)

@@ -1,0 +1,112 @@
+"""`ftcli align`: DPO / KTO / reward models learn a held-out preference, and their outputs reload in plain
+transformers/peft with the same numbers."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ftcli import launch
+from ftcli.recipe import load_recipe
+from ftcli.tasks import dpo, reward
+from tests.helpers import RECIPES, call_main, probe_logits, reload_logits
+
+SMOKE = RECIPES / "smoke"
+
+
+def align(name, out, *overrides, on_done=None):
+    recipe = load_recipe(SMOKE / f"{name}.yaml", [f"output.dir={out}", *overrides])
+    module = {"dpo": dpo, "reward": reward}.get(recipe.task)
+    return module.run(recipe, on_done=on_done) if on_done else launch.run_align(recipe, False, False)
+
+
+def test_dpo_lora_learns_the_held_out_preference_and_reloads(tmp_path):
+    out, seen = tmp_path / "run", {}
+    summary = align("dpo-lora", out, on_done=lambda model, tok: seen.update(logits=probe_logits(model, tok)))
+    assert summary["status"] == "completed"
+    assert summary["eval_accuracy"] >= 0.8 and summary["eval_margin"] > 0, summary
+    assert summary["final_loss"] < 0.5 * summary["first_loss"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "eval_rewards/accuracies"):
+        assert any(key in r for r in rows), key
+    assert (out / "loss.png").stat().st_size > 0
+    assert not (out / "ref").exists()  # TRL's frozen reference adapter is not part of the result
+    fresh = reload_logits(out, "lora", tmp_path / "logits.pt")
+    torch.testing.assert_close(fresh, seen["logits"], rtol=1e-4, atol=1e-4)
+
+
+SCORE_SCRIPT = """
+import sys, torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+model_dir, dest = sys.argv[1:3]
+tok = AutoTokenizer.from_pretrained(model_dir)
+model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+texts = [tok.apply_chat_template([{"role": "user", "content": "What is the capital of Peru?"},
+                                  {"role": "assistant", "content": f"The capital of Peru is {c}."}], tokenize=False)
+         for c in ("Lima", "Oslo")]
+with torch.no_grad():
+    torch.save(torch.cat([model(**tok(t, return_tensors="pt")).logits[0] for t in texts]), dest)
+"""
+
+
+def scores(model, tokenizer):
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of Peru?"},
+                                            {"role": "assistant", "content": f"The capital of Peru is {c}."}],
+                                           tokenize=False) for c in ("Lima", "Oslo")]  # fmt: skip
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([model(**tokenizer(t, return_tensors="pt")).logits[0] for t in texts])
+
+
+@pytest.mark.parametrize("name", ["reward-lora", "reward-full"])
+def test_reward_model_ranks_held_out_pairs_and_reloads_with_the_same_scores(name, tmp_path):
+    out, seen = tmp_path / "run", {}
+    summary = align(name, out, on_done=lambda model, tok: seen.update(scores=scores(model, tok)))
+    assert summary["eval_accuracy"] >= 0.8 and summary["eval_margin"] > 0, summary
+    model_dir = out / "merged" if name == "reward-lora" else out  # lora: merged with output.merge
+    subprocess.run([sys.executable, "-c", SCORE_SCRIPT, str(model_dir), str(tmp_path / "s.pt")], check=True)
+    fresh = torch.load(tmp_path / "s.pt")
+    torch.testing.assert_close(fresh, seen["scores"], rtol=1e-4, atol=1e-4)
+    assert fresh[0] > fresh[1]  # the right capital scores higher
+
+
+@pytest.mark.parametrize("name, overrides", [("dpo-full", []), ("dpo-qlora", []), ("reward-lora", ["method=qlora"]),
+                                             ("dpo-lora", ["method=prompt", "training.learning_rate=1e-2"])])
+def test_other_methods_improve_too(name, overrides, tmp_path):
+    summary = align(name, tmp_path / "run", "output.merge=false", *overrides)
+    assert summary["status"] == "completed"
+    assert summary["eval_accuracy"] >= 0.8 and summary["eval_margin"] > 0, summary
+
+
+def test_kto_separates_desirable_from_undesirable(tmp_path):
+    summary = align("kto-lora", tmp_path / "run")
+    assert summary["final_eval"]["rewards/margins"] > 0.5
+    assert summary["final_eval_loss"] < 0.45  # 0.5 = no separation at the start
+    assert summary["final_loss"] < 0.7 * summary["first_loss"]
+
+
+def test_sft_then_dpo_chain_uses_the_sft_model_as_reference(tmp_path):
+    sft_run = tmp_path / "sft"
+    assert call_main("train", SMOKE / "sft-lora.yaml", f"output.dir={sft_run}", "training.max_steps=30") == 0
+    summary = align("dpo-from-sft", tmp_path / "dpo", f"model.adapter={sft_run}", "training.epochs=1")
+    # The policy starts as the SFT adapter and the reference is that same SFT model: the first loss is log 2.
+    assert summary["first_loss"] == pytest.approx(0.6931, abs=1e-3)
+    assert summary["status"] == "completed" and summary["eval_margin"] > 0
+
+
+def test_orpo_and_simpo_are_refused_with_the_reason(capsys):
+    assert call_main("align", SMOKE / "dpo-lora.yaml", "task=orpo") == 2
+    assert "trl.experimental" in capsys.readouterr().err
+
+
+def test_unknown_dpo_loss_names_the_key_and_the_choices(tmp_path, capsys):
+    assert call_main("align", SMOKE / "dpo-lora.yaml", "align.loss_type=dpoo", f"output.dir={tmp_path / 'r'}") == 2
+    err = capsys.readouterr().err
+    assert "align.loss_type: 'dpoo' is not a DPO loss of the installed TRL" in err and "ipo" in err
+
+
+def test_train_refuses_alignment_tasks(capsys):
+    assert call_main("train", SMOKE / "dpo-lora.yaml") == 2
+    assert "task dpo is run by `ftcli align`" in capsys.readouterr().err
