@@ -99,38 +99,30 @@ def prepare(recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg,
         typer.echo(json.dumps(result, indent=2, default=str))
 
 
+OverwriteOpt = typer.Option(False, "--overwrite", help="replace a non-empty output dir")
+ResumeOpt = typer.Option(False, "--resume", help="continue from the newest checkpoint in the output dir")
+
+
 @app.command()
-def train(
-    recipe: str = RecipeArg,
-    overrides: list[str] | None = OverridesArg,
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty output dir"),
-    resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint in the output dir"),
-    as_json: bool = JsonOpt,
-):
+def train(recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg, overwrite: bool = OverwriteOpt,
+          resume: bool = ResumeOpt, as_json: bool = JsonOpt):  # fmt: skip
     """Train (pretrain or SFT) with full fine-tuning, LoRA, QLoRA, prefix or prompt tuning."""
-    from ftcli import launch
-
-    loaded = _load(recipe, overrides)
-    _quiet_libraries()
-    summary = launch.run_train(loaded, overwrite=overwrite, resume=resume)
-    if as_json:
-        typer.echo(json.dumps(summary, indent=2, default=str))
+    _run("train", recipe, overrides, overwrite, resume, as_json)
 
 
 @app.command()
-def align(
-    recipe: str = RecipeArg,
-    overrides: list[str] | None = OverridesArg,
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty output dir"),
-    resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint in the output dir"),
-    as_json: bool = JsonOpt,
-):
-    """Preference training: dpo, kto, orpo, simpo, or a reward model, with full, LoRA or QLoRA."""
+def align(recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg, overwrite: bool = OverwriteOpt,
+          resume: bool = ResumeOpt, as_json: bool = JsonOpt):  # fmt: skip
+    """Preference training: dpo, kto or a reward model, with full, LoRA, QLoRA, prefix or prompt tuning."""
+    _run("align", recipe, overrides, overwrite, resume, as_json)
+
+
+def _run(command: str, recipe: str, overrides, overwrite: bool, resume: bool, as_json: bool) -> None:
     from ftcli import launch
 
     loaded = _load(recipe, overrides)
     _quiet_libraries()
-    summary = launch.run_align(loaded, overwrite=overwrite, resume=resume)
+    summary = launch.run(command, loaded, overwrite=overwrite, resume=resume)
     if as_json:
         typer.echo(json.dumps(summary, indent=2, default=str))
 

@@ -30,18 +30,12 @@ def check_runnable(recipe: Recipe) -> None:
     check_method_fits_model(recipe)
 
 
-def run_train(recipe: Recipe, overwrite: bool, resume: bool) -> dict:
-    check_command("train", recipe)
-    from ftcli.tasks import sft
-
-    return sft.run(recipe, overwrite=overwrite, resume=resume)
-
-
-def run_align(recipe: Recipe, overwrite: bool, resume: bool) -> dict:
-    check_command("align", recipe)
+def run(command: str, recipe: Recipe, overwrite: bool, resume: bool) -> dict:
+    """`ftcli train` / `ftcli align`: the task's module (ftcli.tasks.<task>) trains in this process."""
+    check_command(command, recipe)
     import importlib
 
-    module = importlib.import_module(f"ftcli.tasks.{recipe.task}")
+    module = importlib.import_module(f"ftcli.tasks.{'sft' if recipe.task == 'pretrain' else recipe.task}")
     return module.run(recipe, overwrite=overwrite, resume=resume)
 
 

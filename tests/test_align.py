@@ -19,7 +19,7 @@ SMOKE = RECIPES / "smoke"
 def align(name, out, *overrides, on_done=None):
     recipe = load_recipe(SMOKE / f"{name}.yaml", [f"output.dir={out}", *overrides])
     module = {"dpo": dpo, "reward": reward}.get(recipe.task)
-    return module.run(recipe, on_done=on_done) if on_done else launch.run_align(recipe, False, False)
+    return module.run(recipe, on_done=on_done) if on_done else launch.run("align", recipe, False, False)
 
 
 def test_dpo_lora_learns_the_held_out_preference_and_reloads(tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ftcli.data.formats import BadRow, canonical_row
+from ftcli.data.templates import render_chat
 from ftcli.data.tokenize import BAD, DROPPED_NO_LABELS, DROPPED_OVERLONG, OK, TRUNCATED
 
 PAIR_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
@@ -91,9 +92,4 @@ class PairTokenizer:
         return prompt, chosen, rejected, status, raw
 
     def _apply(self, messages: list[dict], add_generation_prompt: bool) -> str:
-        try:
-            return self.tokenizer.apply_chat_template(
-                messages, chat_template=self.template, tokenize=False, add_generation_prompt=add_generation_prompt
-            )
-        except Exception as exc:  # noqa: BLE001 - a template's own raise_exception or a Jinja error
-            raise BadRow("prompt", f"chat template rejected this conversation: {exc}") from None
+        return render_chat(self.tokenizer, self.template, messages, add_generation_prompt, field="prompt")

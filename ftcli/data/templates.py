@@ -6,6 +6,7 @@ the same code masks labels for every template.
 
 from __future__ import annotations
 
+from ftcli.data.formats import BadRow
 from ftcli.errors import RecipeError
 
 ALPACA_PREAMBLE = (
@@ -60,3 +61,13 @@ def resolve_template(template: str | None, tokenizer) -> str:
         "for the tokenizer's own",
         key="data.template",
     )
+
+
+def render_chat(tokenizer, template: str, messages: list[dict], add_generation_prompt: bool, field="messages") -> str:
+    """The template applied to a conversation; a template's own raise_exception or a Jinja error is a bad row."""
+    try:
+        return tokenizer.apply_chat_template(
+            messages, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+    except Exception as exc:  # noqa: BLE001
+        raise BadRow(field, f"chat template rejected this conversation: {exc}") from None

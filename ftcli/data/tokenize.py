@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ftcli.data.formats import BadRow, canonical_row
+from ftcli.data.templates import render_chat
 
 IGNORE = -100
 OK, TRUNCATED, SPLIT = "ok", "truncated", "split"
@@ -154,12 +155,7 @@ class RowTokenizer:
         return full, row_spans
 
     def _apply(self, messages: list[dict], add_generation_prompt: bool) -> str:
-        try:
-            return self.tokenizer.apply_chat_template(
-                messages, chat_template=self.template, tokenize=False, add_generation_prompt=add_generation_prompt
-            )
-        except Exception as exc:  # noqa: BLE001 - a template's own raise_exception or a Jinja error
-            raise BadRow("messages", f"chat template rejected this conversation: {exc}") from None
+        return render_chat(self.tokenizer, self.template, messages, add_generation_prompt)
 
     def _fit(self, ids: list[int], labels: list[int]) -> list[tuple]:
         raw = len(ids)
