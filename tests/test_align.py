@@ -73,7 +73,9 @@ def test_reward_model_ranks_held_out_pairs_and_reloads_with_the_same_scores(name
 
 
 @pytest.mark.parametrize("name, overrides", [("dpo-full", []), ("dpo-qlora", []), ("reward-lora", ["method=qlora"]),
-                                             ("dpo-lora", ["method=prompt", "training.learning_rate=1e-2"])])
+                                             ("dpo-lora", ["method=prompt", "training.learning_rate=1e-2"]),
+                                             ("dpo-lora", ["align.precompute_ref_log_probs=true",
+                                                           "align.loss_type=ipo", "training.learning_rate=1e-3"])])
 def test_other_methods_improve_too(name, overrides, tmp_path):
     summary = align(name, tmp_path / "run", "output.merge=false", *overrides)
     assert summary["status"] == "completed"

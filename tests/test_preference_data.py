@@ -108,6 +108,8 @@ def test_long_pairs_keep_the_end_of_the_prompt(tmp_path, tok):
     assert len(row["prompt_ids"]) == 40 and tok.decode(row["prompt_ids"]).endswith("<|im_start|>assistant\n")
     assert len(row["prompt_ids"]) + len(row["chosen_ids"]) <= 96
     assert prepared.stats["sources"][0]["truncated"] == 1
+    capped = prepare_data(pair_recipe(tmp_path, long, "align.max_completion_length=3"), tok).train[0]
+    assert len(capped["chosen_ids"]) == 3 and len(capped["rejected_ids"]) == 3
 
 
 def test_bad_pair_stops_with_file_and_row_or_is_skipped(tmp_path, tok):

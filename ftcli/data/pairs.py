@@ -28,6 +28,7 @@ class PairTokenizer:
     max_length: int
     max_prompt_length: int
     overlong: str  # truncate | drop
+    max_completion_length: int | None = None
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         names = list(batch)
@@ -80,12 +81,13 @@ class PairTokenizer:
 
     def _fit(self, prompt, chosen, rejected):
         raw = len(prompt) + max(len(chosen), len(rejected))
+        answer_cap = self.max_completion_length or self.max_length
         status = OK
-        if raw > self.max_length or len(prompt) > self.max_prompt_length:
+        if raw > self.max_length or len(prompt) > self.max_prompt_length or max(map(len, (chosen, rejected))) > answer_cap:
             if self.overlong == "drop":
                 return [], [], [], DROPPED_OVERLONG, raw
             prompt = prompt[-self.max_prompt_length :]
-            budget = self.max_length - len(prompt)
+            budget = min(self.max_length - len(prompt), answer_cap)
             chosen, rejected, status = chosen[:budget], rejected[:budget], TRUNCATED
         if chosen == rejected:  # truncation cut away every difference
             return [], [], [], DROPPED_NO_LABELS, raw

@@ -63,7 +63,7 @@ def prepare_data(recipe: Recipe, tokenizer, log: Callable[[str], None] = lambda 
             "data": data.model_dump(mode="json", exclude={"cache_dir", "num_proc"}),
             "task": recipe.task,
             "packed": packed,
-            "max_prompt_length": recipe.max_prompt_length() if pairs else None,
+            "pair_lengths": [recipe.max_prompt_length(), recipe.align.max_completion_length] if pairs else None,
             "template": template,
             "tokenizer": tokenizer_fingerprint(tokenizer),
             "files": [source_fingerprint(s.path) for s in _all_sources(recipe)],
@@ -143,7 +143,7 @@ def _tokenize_source(recipe: Recipe, src: DataSource, key: str, tokenizer, templ
     columns = src.columns if src.columns is not None else data.columns
     if recipe.task in ALIGN_TASKS:
         tokenize = PairTokenizer(tokenizer, columns, template, data.max_length, recipe.max_prompt_length(),
-                                 data.overlong)  # fmt: skip
+                                 data.overlong, recipe.align.max_completion_length)  # fmt: skip
     else:
         tokenize = RowTokenizer(tokenizer, fmt, columns, template, data.train_on, data.max_length, data.overlong)
     num_proc = data.num_proc if data.num_proc and data.num_proc > 1 else None

@@ -226,6 +226,9 @@ class AlignSpec(Strict):
     max_prompt_length: int | None = Field(
         None, ge=1, description="prompt tokens kept (from the end); None = half of data.max_length"
     )
+    max_completion_length: int | None = Field(
+        None, ge=1, description="answer tokens kept (from the start); None = what data.max_length leaves"
+    )
     simpo_gamma: float = Field(0.5, description="simpo: target reward margin")
     desirable_weight: float = Field(1.0, gt=0, description="kto: weight of chosen (desirable) examples")
     undesirable_weight: float = Field(1.0, gt=0, description="kto: weight of rejected (undesirable) examples")
