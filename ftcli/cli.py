@@ -128,9 +128,64 @@ def _run(command: str, recipe: str, overrides, overwrite: bool, resume: bool, as
 
 
 @app.command()
-def infer(recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg):
-    """Generate with a trained model (not available in this version yet)."""
-    raise UserError("`ftcli infer` is not implemented in this version yet; load the run dir with transformers/peft")
+def infer(
+    target: str = typer.Argument(..., help="a run dir (its frozen recipe rebuilds the model) or a recipe file"),
+    overrides: list[str] | None = OverridesArg,
+    prompt: list[str] = typer.Option([], "--prompt", "-p", help="a prompt (repeatable)"),
+    input_path: str | None = typer.Option(None, "--input", "-i", help=".txt / .jsonl file of prompts, - for stdin"),
+    mode: str | None = typer.Option(None, "--mode", help="generate | score (reward models) | perplexity"),
+    chat: bool = typer.Option(False, "--chat", help="interactive multi-turn session, streamed"),
+    raw: bool = typer.Option(False, "--raw", help="no chat template"),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1),
+    temperature: float | None = typer.Option(None, "--temperature", min=0.0, help="0 = greedy (default)"),
+    top_p: float | None = typer.Option(None, "--top-p"),
+    top_k: int | None = typer.Option(None, "--top-k"),
+    num_return_sequences: int | None = typer.Option(None, "--num-return-sequences", min=1),
+    seed: int | None = typer.Option(None, "--seed"),
+    split: str | None = typer.Option(None, "--split", help="perplexity: train or eval (default eval if held out)"),
+    as_json: bool = JsonOpt,
+):
+    """Generate, score (reward models) or measure perplexity with a trained run or a recipe's model. Results,
+    one per line in input order, go to stdout (JSONL with --json)."""
+    from ftcli.infer.run import run_infer
+    from ftcli.infer.target import resolve_target
+
+    cli = {"mode": mode, "raw": raw or None, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
+           "temperature": temperature, "top_p": top_p, "top_k": top_k, "num_return_sequences": num_return_sequences,
+           "seed": seed}  # fmt: skip
+    extra = [f"infer.{k}={json.dumps(v)}" for k, v in cli.items() if v is not None]
+    STATE["recipe"] = loaded = resolve_target(target, [*(overrides or []), *extra])
+    _quiet_libraries()
+
+    def emit(line: str) -> None:
+        typer.echo(line)
+        sys.stdout.flush()
+
+    run_infer(loaded, prompt, input_path, as_json, chat, split, emit)
+
+
+@app.command()
+def merge(
+    run_dir: str = typer.Argument(..., help="a LoRA/QLoRA run dir"),
+    out: str = typer.Option(..., "--out", "-o", help="where to write the merged model"),
+    overwrite: bool = OverwriteOpt,
+    push_to_hub: str | None = typer.Option(None, "--push-to-hub", help="also upload to this hub repo (needs a token)"),
+    as_json: bool = JsonOpt,
+):
+    """Merge a run's adapter into full weights (QLoRA: base dequantized) loadable by plain transformers."""
+    from pathlib import Path
+
+    from ftcli.infer.target import resolve_target
+    from ftcli.models import export
+
+    STATE["recipe"] = recipe = resolve_target(run_dir, [])
+    if push_to_hub:
+        export.require_hub_token(push_to_hub)
+    _quiet_libraries()
+    merged = export.merge_run(recipe, Path(run_dir), Path(out), overwrite)
+    result = {"merged": str(merged), "pushed": export.push_to_hub(merged, push_to_hub) if push_to_hub else None}
+    typer.echo(json.dumps(result) if as_json else str(merged))
 
 
 @app.command("recipes")

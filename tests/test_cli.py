@@ -62,10 +62,11 @@ def test_train_refuses_an_alignment_task(capsys):
     assert "task dpo is run by `ftcli align`" in capsys.readouterr().err
 
 
-def test_align_and_infer_do_not_pretend(capsys):
+def test_commands_refuse_what_they_cannot_do_before_loading_anything(capsys):
     assert call_main("align", RECIPES / "smoke" / "sft-lora.yaml") == 2
+    assert "task sft is run by `ftcli train`, not `ftcli align`" in capsys.readouterr().err
     assert call_main("infer", RECIPES / "smoke" / "sft-lora.yaml") == 2
-    assert "not implemented" in capsys.readouterr().err
+    assert "nothing to do: give --prompt TEXT" in capsys.readouterr().err
 
 
 def test_recipes_lists_bundled_recipes_with_descriptions(capsys):

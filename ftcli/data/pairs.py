@@ -52,32 +52,37 @@ class PairTokenizer:
         return out
 
     def _encode(self, pair: dict):
+        prompt, chosen, rejected = self.encode(pair["prompt"], [pair["chosen"], pair["rejected"]])
+        return self._fit(prompt, chosen, rejected)
+
+    def encode(self, prompt, answers: list) -> list[list[int]]:
+        """[prompt_ids, answer_ids...] for a prompt (text or messages) and answers (text or assistant messages),
+        as training saw them; also used to score responses with a trained reward model."""
         tok = self.tokenizer
-        chat = any(isinstance(pair[k], list) for k in ("prompt", "chosen", "rejected"))
+        chat = any(isinstance(x, list) for x in (prompt, *answers))
         if chat and self.template is None:
             raise BadRow("chosen", "conversational pairs need a chat template; set data.template (e.g. chatml)")
         if self.template is not None:
             as_list = lambda side, role: side if isinstance(side, list) else [{"role": role, "content": side}]
-            messages = as_list(pair["prompt"], "user")
+            messages = as_list(prompt, "user")
             prompt_text = self._apply(messages, True)
-            answers = []
-            for name in ("chosen", "rejected"):
-                full = self._apply(messages + as_list(pair[name], "assistant"), False)
+            texts = []
+            for name, answer in zip(("chosen", "rejected", "response"), answers):
+                full = self._apply(messages + as_list(answer, "assistant"), False)
                 if not full.startswith(prompt_text):
                     raise BadRow(name, "the chat template renders the prompt differently inside the conversation; "
                                        "set data.template (e.g. chatml)")  # fmt: skip
-                answers.append(full[len(prompt_text) :])
+                texts.append(full[len(prompt_text) :])
             prompt_ids = tok(prompt_text, add_special_tokens=False)["input_ids"]
         else:
-            prompt_ids = tok(pair["prompt"])["input_ids"]
-            answers = [pair["chosen"], pair["rejected"]]
+            prompt_ids, texts = tok(prompt)["input_ids"], list(answers)
         special = set(tok.all_special_ids)
         completions = []
-        for ids in tok(answers, add_special_tokens=False)["input_ids"]:
+        for ids in tok(texts, add_special_tokens=False)["input_ids"]:
             if not any(t in special for t in ids):  # the model must learn to stop
                 ids = ids + [tok.eos_token_id]
             completions.append(ids)
-        return self._fit(prompt_ids, *completions)
+        return [prompt_ids, *completions]
 
     def _fit(self, prompt, chosen, rejected):
         raw = len(prompt) + max(len(chosen), len(rejected))

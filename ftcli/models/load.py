@@ -27,10 +27,11 @@ def model_source(spec: ModelSpec) -> str:
     return spec.name
 
 
-def load_tokenizer(spec: ModelSpec):
+def load_tokenizer(spec: ModelSpec, source: str | None = None):
+    """The model's tokenizer, or the one saved at `source` (a run dir keeps the tokenizer it trained with)."""
     from transformers import AutoTokenizer
 
-    source = model_source(spec)
+    source = source or model_source(spec)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             source, revision=spec.revision, trust_remote_code=spec.trust_remote_code

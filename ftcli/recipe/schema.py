@@ -238,6 +238,25 @@ class AlignSpec(Strict):
         return self.beta if self.beta is not None else (2.0 if task == "simpo" else 0.1)
 
 
+class InferSpec(Strict):
+    """`ftcli infer`: what to run and how to sample (command-line options override these)."""
+
+    mode: Literal["generate", "score", "perplexity"] | None = Field(
+        None, description="None = score for reward models, else generate"
+    )
+    prompts: list[str] = Field(default_factory=list, description="prompts to run when none come from the CLI")
+    input: str | None = Field(None, description=".txt (one prompt per line) or .jsonl (prompt or messages field)")
+    max_new_tokens: int = Field(256, gt=0)
+    temperature: float = Field(0.0, ge=0, description="0 = greedy (reproducible)")
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="0 = off")
+    repetition_penalty: float = Field(1.0, gt=0)
+    num_return_sequences: int = Field(1, gt=0)
+    seed: int = 42
+    batch_size: int = Field(8, gt=0, description="prompts per generate call (left-padded)")
+    raw: bool = Field(False, description="send prompts as they are, without the chat template")
+
+
 class OutputSpec(Strict):
     dir: str | None = Field(None, description="run directory; default runs/<recipe file name>")
     merge: bool = Field(False, description="also write adapter-merged full weights to <dir>/merged")
@@ -257,6 +276,7 @@ class Recipe(Strict):
     data: DataSpec
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     align: AlignSpec = Field(default_factory=AlignSpec)
+    infer: InferSpec = Field(default_factory=InferSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
     launch: LaunchSpec = Field(default_factory=LaunchSpec)
 

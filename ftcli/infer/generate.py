@@ -1,0 +1,53 @@
+"""Batched generation with left padding; results come back in input order, one dict per completion."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from ftcli.infer.inputs import Item
+from ftcli.infer.prompting import prompt_ids, stop_ids
+from ftcli.recipe.schema import InferSpec
+
+
+def generate(model, tokenizer, items: list[Item], spec: InferSpec, template: str | None, stream=None) -> Iterator[dict]:
+    import torch
+
+    stops = stop_ids(tokenizer, template)
+    sampling = spec.temperature > 0
+    kwargs = dict(
+        max_new_tokens=spec.max_new_tokens,
+        do_sample=sampling,
+        num_return_sequences=spec.num_return_sequences,
+        repetition_penalty=spec.repetition_penalty,
+        eos_token_id=stops,
+        pad_token_id=tokenizer.pad_token_id,
+        **({"temperature": spec.temperature, "top_p": spec.top_p, "top_k": spec.top_k or None} if sampling else {}),
+    )
+    torch.manual_seed(spec.seed)
+    encoded = [prompt_ids(tokenizer, template, item.fields) for item in items]
+    for start in range(0, len(items), spec.batch_size):
+        batch = encoded[start : start + spec.batch_size]
+        width = max(len(ids) for ids in batch)
+        pad = tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch])
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch])
+        began = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(input_ids=input_ids, attention_mask=mask, streamer=stream, **kwargs)
+        seconds = time.perf_counter() - began
+        new = out[:, width:].tolist()
+        for row, ids in enumerate(new):
+            item = items[start + row // spec.num_return_sequences]
+            end = next((i for i, t in enumerate(ids) if t in stops), None)
+            kept = ids if end is None else ids[:end]
+            kept = [t for t in kept if t != pad]
+            yield {
+                "index": item.index,
+                "input": item.fields.get("prompt", item.fields.get("messages")),
+                "output": tokenizer.decode(kept, skip_special_tokens=True),
+                "prompt_tokens": len(batch[row // spec.num_return_sequences]),
+                "completion_tokens": len(kept) + (end is not None),
+                "finish_reason": "stop" if end is not None else "length",
+                "batch_seconds": round(seconds, 4),
+            }

@@ -1,0 +1,30 @@
+"""Load a recipe's model for inference: the base (quantized as it was trained), plus its adapter if any."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ftcli.errors import RecipeError
+from ftcli.models.load import load_base_model, load_tokenizer
+from ftcli.recipe.schema import Recipe
+
+
+def load_for_inference(recipe: Recipe):
+    """(model in eval mode with its KV cache on, tokenizer). A run dir's own tokenizer (with the chat template
+    it was trained with) wins over the base's."""
+    adapter = recipe.model.adapter
+    own = adapter and (Path(adapter) / "tokenizer_config.json").exists()
+    tokenizer = load_tokenizer(recipe.model, source=adapter if own else None)
+    model = load_base_model(recipe)
+    if adapter:
+        import peft
+
+        try:
+            model = peft.PeftModel.from_pretrained(model, adapter)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise RecipeError(f"cannot load adapter {adapter} onto {recipe.model.name}: {str(exc).splitlines()[0]}",
+                              key="model.adapter") from None  # fmt: skip
+    model.eval()
+    config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+    config.use_cache = True
+    return model, tokenizer

@@ -1,0 +1,67 @@
+"""`ftcli infer`: pick the mode, read the inputs, print results in input order (stdout: results only)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+
+from ftcli import report
+from ftcli.errors import UserError
+from ftcli.infer.inputs import read_inputs
+from ftcli.infer.load import load_for_inference
+from ftcli.infer.prompting import inference_template
+from ftcli.recipe.schema import InferSpec, Recipe
+
+
+def run_infer(recipe: Recipe, prompts: list[str], input_path: str | None, as_json: bool, chat: bool,
+              split: str | None, emit: Callable[[str], None]) -> int:  # fmt: skip
+    """Returns how many results were written."""
+    spec: InferSpec = recipe.infer
+    mode = spec.mode or ("score" if recipe.task == "reward" else "generate")
+    if mode == "score" and recipe.task != "reward":
+        raise UserError(f"infer.mode score needs a reward model (task: reward); this is a {recipe.task} model")
+    if mode == "generate" and recipe.task == "reward":
+        raise UserError("a reward model scores text, it does not generate; use infer.mode score (the default)")
+    items = [] if chat or mode == "perplexity" else read_inputs(prompts or spec.prompts, input_path or spec.input)
+    if mode != "perplexity" and not chat and not items:
+        raise UserError("nothing to do: give --prompt TEXT, --input FILE (or - for stdin), or infer.prompts")
+    model, tokenizer = load_for_inference(recipe)
+    template = inference_template(recipe, tokenizer, spec.raw)
+
+    if chat:
+        from ftcli.infer.chat import chat as chat_loop
+
+        chat_loop(model, tokenizer, spec, template)
+        return 0
+    if mode == "perplexity":
+        from ftcli.infer.perplexity import perplexity
+
+        result = perplexity(model, tokenizer, recipe, split, spec.batch_size)
+        emit(json.dumps(result) if as_json else f"{result['perplexity']:.4f}")
+        report.console.print(f"{result['split']}: loss {result['loss']:.4f}, perplexity {result['perplexity']:.3f} "
+                             f"over {result['tokens']} tokens ({result['rows']} rows)")  # fmt: skip
+        return 1
+    if mode == "score":
+        from ftcli.infer.score import score
+
+        results = score(model, tokenizer, items, recipe, template)
+        text = lambda r: f"{r['winner']}\t{r['chosen_score']:.4f}\t{r['rejected_score']:.4f}" if "winner" in r \
+            else f"{r['score']:.4f}"  # fmt: skip
+    else:
+        from ftcli.infer.generate import generate
+
+        streamer = None
+        if len(items) == 1 and spec.num_return_sequences == 1 and not as_json and sys.stdout.isatty():
+            from transformers import TextStreamer
+
+            streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        results = generate(model, tokenizer, items, spec, template, streamer)
+        text = (lambda r: "") if streamer else (lambda r: r["output"])
+    count = 0
+    for result in results:
+        line = json.dumps(result, ensure_ascii=False) if as_json else text(result)
+        if line or not streamer:
+            emit(line)
+        count += 1
+    return count

@@ -1,0 +1,30 @@
+"""Reward-model scores: one per prompt/response, or both sides of a preference pair and which wins. Sequences
+are built exactly as in reward training (ftcli's pair tokenizer), so scores match the trained model's."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ftcli.data.pairs import PairTokenizer
+from ftcli.errors import DataError
+from ftcli.infer.inputs import Item
+from ftcli.recipe.schema import Recipe
+
+
+def score(model, tokenizer, items: list[Item], recipe: Recipe, template: str | None) -> Iterator[dict]:
+    import torch
+
+    pairs = PairTokenizer(tokenizer, {}, template, 10**9, 10**9, "truncate")
+    for item in items:
+        f = item.fields
+        answers = [f["chosen"], f["rejected"]] if "chosen" in f and "rejected" in f else [f.get("response")]
+        if answers[0] is None:
+            raise DataError(f"{item.where}: scoring needs 'response' (or 'chosen' and 'rejected') next to 'prompt'")
+        prompt, *completions = pairs.encode(f.get("messages") or f["prompt"], answers)
+        with torch.no_grad():
+            values = [model(input_ids=torch.tensor([prompt + c])).logits[0, 0].item() for c in completions]
+        if len(values) == 2:
+            yield {"index": item.index, "chosen_score": values[0], "rejected_score": values[1],
+                   "winner": "chosen" if values[0] > values[1] else "rejected"}  # fmt: skip
+        else:
+            yield {"index": item.index, "score": values[0]}

@@ -1,0 +1,61 @@
+"""What `ftcli infer` / `ftcli merge` run on: a recipe, or a run dir whose frozen recipe says how to rebuild the
+trained model (base + adapter, full weights, or the merged copy)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ftcli.errors import UserError
+from ftcli.recipe import load_recipe
+from ftcli.recipe.catalog import find_recipe
+from ftcli.recipe.schema import Recipe
+from ftcli.run_dir import RESOLVED
+
+NO_DATA = "(no data: a bare model)"
+
+
+def resolve_target(target: str, overrides: list[str]) -> Recipe:
+    path = Path(target)
+    if path.is_dir():
+        run = path if (path / RESOLVED).exists() else path.parent if (path.parent / RESOLVED).exists() else None
+        if run is None:
+            if (path / "config.json").exists():  # a merged or downloaded model dir
+                return _model_only(str(path.resolve()), overrides)
+            raise UserError(f"{target}: neither a run dir (no {RESOLVED}) nor a model dir (no config.json)")
+        recipe = load_recipe(run / RESOLVED, overrides)
+        if path != run or recipe.method.type == "full":  # merged/ or full weights: the dir is the whole model
+            if not (path / "config.json").exists():
+                raise UserError(f"{target}: no config.json; the run may not have finished (see summary.json)")
+            recipe.model.name, recipe.model.adapter = str(path.resolve()), None
+            recipe.method = {"type": "full"}
+        else:
+            if not (path / "adapter_config.json").exists():
+                raise UserError(f"{target}: no adapter_config.json; the run may not have finished (see summary.json)")
+            recipe.model.adapter = str(path.resolve())
+        return recipe
+    found = find_recipe(target)
+    if path.suffix in (".yaml", ".yml") or Path(found).is_file():
+        return load_recipe(found, overrides)
+    if target.startswith("builtin:") or (target.count("/") == 1 and not path.exists()):
+        return _model_only(target, overrides)  # a builtin or a hub model id
+    raise UserError(f"{target}: expected a recipe (.yaml), a run dir, a model dir, a hub id or builtin:NAME")
+
+
+def _model_only(name: str, overrides: list[str]) -> Recipe:
+    """A bare model has no recipe: its own chat template, no data section to measure perplexity on."""
+    import json
+    import tempfile
+
+    import yaml
+
+    task = "sft"
+    config = Path(name) / "config.json"
+    if config.exists() and any("SequenceClassification" in a for a in json.loads(config.read_text()).get(
+            "architectures", [])):  # fmt: skip
+        task = "reward"
+    body = {"description": f"inference on {name}", "task": task, "model": {"name": name},
+            "data": {"format": "preference" if task == "reward" else "chat", "sources": [NO_DATA]}}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        recipe_file = Path(tmp) / "model.yaml"
+        recipe_file.write_text(yaml.safe_dump(body))
+        return load_recipe(recipe_file, overrides)

@@ -1,0 +1,40 @@
+"""`ftcli merge`: a run's adapter merged into full weights in a new dir, optionally pushed to the hub."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ftcli.errors import UserError
+from ftcli.recipe.schema import Recipe
+
+
+def merge_run(recipe: Recipe, run_dir: Path, out: Path, overwrite: bool) -> Path:
+    from ftcli.models.save import merge_adapter
+
+    if recipe.method.type in ("prefix", "prompt"):
+        raise UserError(f"{run_dir}: {recipe.method.type} tuning adds virtual tokens at run time; there are no "
+                        "weights to merge it into. Use the run dir with peft as it is")  # fmt: skip
+    if recipe.method.type == "full":
+        raise UserError(f"{run_dir}: a full fine-tune already holds full weights; nothing to merge")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    base_recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"adapter": None})})
+    return merge_adapter(base_recipe, run_dir, out)
+
+
+def require_hub_token(repo: str) -> None:
+    """Checked before the merge, so a missing login fails in a second, not after minutes of merging."""
+    from huggingface_hub import get_token
+
+    if not get_token():
+        raise UserError(f"--push-to-hub {repo}: no Hugging Face token; run `hf auth login` or set HF_TOKEN")
+
+
+def push_to_hub(folder: Path, repo: str, private: bool = True) -> str:
+    """Upload a merged (or any) model dir as a private repo (created if missing)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo, private=private, exist_ok=True)
+    info = api.upload_folder(repo_id=repo, folder_path=str(folder), commit_message="ftcli merge")
+    return str(getattr(info, "commit_url", repo))
