@@ -38,6 +38,10 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version"),
 ) -> None:
     STATE["debug"] = debug
+    if debug:
+        import os
+
+        os.environ["FTCLI_DEBUG"] = "1"  # reaches accelerate-launched workers too
 
 
 def _load(recipe: str, overrides: list[str] | None):
@@ -101,30 +105,45 @@ def prepare(recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg,
 
 OverwriteOpt = typer.Option(False, "--overwrite", help="replace a non-empty output dir")
 ResumeOpt = typer.Option(False, "--resume", help="continue from the newest checkpoint in the output dir")
+LauncherOpt = typer.Option("auto", "--launcher", help="auto | python (one process here, for debugging) | accelerate")
+DryRunOpt = typer.Option(False, "--dry-run", help="print the launch command and accelerate config; run nothing")
 
 
 @app.command()
 def train(recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg, overwrite: bool = OverwriteOpt,
-          resume: bool = ResumeOpt, as_json: bool = JsonOpt):  # fmt: skip
+          resume: bool = ResumeOpt, launcher: str = LauncherOpt, dry_run: bool = DryRunOpt,
+          as_json: bool = JsonOpt):  # fmt: skip
     """Train (pretrain or SFT) with full fine-tuning, LoRA, QLoRA, prefix or prompt tuning."""
-    _run("train", recipe, overrides, overwrite, resume, as_json)
+    _run("train", recipe, overrides, overwrite, resume, launcher, dry_run, as_json)
 
 
 @app.command()
 def align(recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg, overwrite: bool = OverwriteOpt,
-          resume: bool = ResumeOpt, as_json: bool = JsonOpt):  # fmt: skip
+          resume: bool = ResumeOpt, launcher: str = LauncherOpt, dry_run: bool = DryRunOpt,
+          as_json: bool = JsonOpt):  # fmt: skip
     """Preference training: dpo, kto or a reward model, with full, LoRA, QLoRA, prefix or prompt tuning."""
-    _run("align", recipe, overrides, overwrite, resume, as_json)
+    _run("align", recipe, overrides, overwrite, resume, launcher, dry_run, as_json)
 
 
-def _run(command: str, recipe: str, overrides, overwrite: bool, resume: bool, as_json: bool) -> None:
+def _run(command, recipe, overrides, overwrite, resume, launcher, dry_run, as_json) -> None:
     from ftcli import launch
 
+    if launcher not in ("auto", "python", "accelerate"):
+        raise UserError(f"--launcher {launcher}: use auto, python or accelerate")
     loaded = _load(recipe, overrides)
     _quiet_libraries()
-    summary = launch.run(command, loaded, overwrite=overwrite, resume=resume)
-    if as_json:
-        typer.echo(json.dumps(summary, indent=2, default=str))
+    result = launch.run(command, loaded, overwrite=overwrite, resume=resume, launcher=launcher, dry_run=dry_run)
+    if dry_run and not as_json:
+        import shlex
+
+        import yaml
+
+        command_line = result["command"]
+        typer.echo(shlex.join(command_line) if isinstance(command_line, list) else command_line)
+        if result["config"]:
+            typer.echo(yaml.safe_dump(result["config"], sort_keys=False), nl=False)
+    elif as_json:
+        typer.echo(json.dumps(result, indent=2, default=str))
 
 
 @app.command()
@@ -202,10 +221,23 @@ def list_recipes(as_json: bool = JsonOpt):
         typer.echo(f"{name.ljust(width)}  {description}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors exit 2 with one line, internal errors exit 1, Ctrl-C exits 130."""
+def _click_exceptions() -> tuple[tuple, tuple, tuple]:
+    """Newer typer releases vendor their own copy of click; catch both its and click's exception classes."""
     import click
 
+    exits, usage, aborts = [click.exceptions.Exit, typer.Exit], [click.ClickException], [click.exceptions.Abort, typer.Abort]
+    try:
+        from typer._click.exceptions import ClickException
+
+        usage.append(ClickException)
+    except ImportError:
+        pass
+    return tuple(exits), tuple(usage), tuple(aborts)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors exit 2 with one line, internal errors exit 1, Ctrl-C exits 130."""
+    exits, usage_errors, aborts = _click_exceptions()
     command = typer.main.get_command(app)
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--debug" in argv[1:]:  # accept it after the command too
@@ -213,12 +245,12 @@ def main(argv: list[str] | None = None) -> None:
         argv.insert(0, "--debug")
     try:
         command.main(args=argv, prog_name="ftcli", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except exits as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
+    except usage_errors as exc:
         exc.show()
         sys.exit(2)
-    except click.exceptions.Abort:
+    except aborts:
         sys.exit(130)
     except UserError as exc:
         if STATE["debug"]:

@@ -30,9 +30,22 @@ def check_runnable(recipe: Recipe) -> None:
     check_method_fits_model(recipe)
 
 
-def run(command: str, recipe: Recipe, overwrite: bool, resume: bool) -> dict:
-    """`ftcli train` / `ftcli align`: the task's module (ftcli.tasks.<task>) trains in this process."""
+def run(command: str, recipe: Recipe, overwrite: bool, resume: bool, launcher: str = "auto",
+        dry_run: bool = False) -> dict:  # fmt: skip
+    """`ftcli train` / `ftcli align`: in this process, or through accelerate-launched workers (ftcli.dispatch)
+    when the recipe asks for more than one; the task's module (ftcli.tasks.<task>) does the training."""
     check_command(command, recipe)
+    from ftcli import dispatch
+
+    workers = launcher == "accelerate" or (launcher == "auto" and dispatch.wants_workers(recipe))
+    if workers and not dispatch.in_worker():
+        from ftcli.tasks.runner import precision
+
+        if dry_run:
+            return dispatch.dry_run(recipe, command, precision(recipe), resume)
+        return dispatch.run_workers(recipe, command, precision(recipe), overwrite, resume)
+    if dry_run:
+        return {"config": None, "command": f"in-process: ftcli {command} (one process)"}
     import importlib
 
     module = importlib.import_module(f"ftcli.tasks.{'sft' if recipe.task == 'pretrain' else recipe.task}")

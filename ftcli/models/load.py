@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 from ftcli.errors import RecipeError, UserError
@@ -95,7 +96,9 @@ def load_base_model(recipe: Recipe, device_map=None):
     elif recipe.method.type == "qlora":
         import torch
 
-        kwargs["device_map"] = {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
+        # one whole copy per process, on that process's GPU (accelerate workers set LOCAL_RANK)
+        local = int(os.environ.get("LOCAL_RANK", torch.cuda.current_device() if torch.cuda.is_available() else 0))
+        kwargs["device_map"] = {"": local} if torch.cuda.is_available() else {"": "cpu"}
     quiet = contextlib.nullcontext()
     if recipe.task == "reward":  # the new score head and the unused lm_head are expected, not worth a report
         from trl.trainer.reward_trainer import suppress_seqcls_warning

@@ -10,11 +10,14 @@ from ftcli.errors import UserError
 from ftcli.recipe.schema import Recipe
 
 
-def save_model_outputs(model, tokenizer, recipe: Recipe, out: Path) -> dict:
+def save_model_outputs(model, tokenizer, recipe: Recipe, out: Path, weights: bool = True) -> dict:
+    """`weights=False` when the trainer has saved them already (sharded workers gather them there)."""
     is_peft = hasattr(model, "peft_config")
     _restore_inference_config(model)
-    # Only the trained adapter: DPO may hold a frozen "ref" copy beside it.
-    model.save_pretrained(out, safe_serialization=True, **({"selected_adapters": ["default"]} if is_peft else {}))
+    if weights:  # only the trained adapter: DPO may hold a frozen "ref" copy beside it
+        model.save_pretrained(out, safe_serialization=True, **({"selected_adapters": ["default"]} if is_peft else {}))
+    elif (out / "config.json").exists():
+        _set_use_cache(out / "config.json")
     save_tokenizer(tokenizer, out)
     saved = {"kind": "adapter" if is_peft else "full", "path": str(out)}
     if recipe.output.merge:
@@ -52,6 +55,12 @@ def merge_adapter(recipe: Recipe, adapter_dir: Path, out: Path) -> Path:
     merged.save_pretrained(out, safe_serialization=True)
     save_tokenizer(load_tokenizer(recipe.model), out)
     return out
+
+
+def _set_use_cache(config_file: Path) -> None:
+    config = json.loads(config_file.read_text())
+    config["use_cache"] = True
+    config_file.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def _restore_inference_config(model) -> None:

@@ -262,8 +262,44 @@ class OutputSpec(Strict):
     merge: bool = Field(False, description="also write adapter-merged full weights to <dir>/merged")
 
 
+class DeepSpeedSpec(Strict):
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="ZeRO stage: 2 shards optimizer state and gradients, 3 also weights")
+    offload_optimizer: bool = Field(False, description="optimizer state in CPU RAM")
+    offload_params: bool = Field(False, description="weights in CPU RAM (stage 3)")
+    config_file: str | None = Field(None, description="your own DeepSpeed JSON instead of the options above")
+
+
+class FsdpSpec(Strict):
+    sharding_strategy: Literal["FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"] = "FULL_SHARD"
+    auto_wrap_policy: Literal["TRANSFORMER_BASED_WRAP", "SIZE_BASED_WRAP", "NO_WRAP"] = "TRANSFORMER_BASED_WRAP"
+    state_dict_type: Literal["FULL_STATE_DICT", "SHARDED_STATE_DICT"] = Field(
+        "FULL_STATE_DICT", description="FULL: one consolidated file at the end (loadable by transformers)"
+    )
+    cpu_offload: bool = False
+
+
 class LaunchSpec(Strict):
-    num_processes: int = Field(1, gt=0, description="processes (GPUs); only 1 in this version")
+    """Where the run executes: one process here, or accelerate-launched workers (DDP, DeepSpeed, FSDP)."""
+
+    num_processes: int | Literal["auto"] = Field(1, description="processes per machine; auto = every visible GPU")
+    num_machines: int = Field(1, gt=0, description="nodes; run the same command on each with its machine_rank")
+    machine_rank: int = Field(0, ge=0, description="this node's rank (0 = main)")
+    main_process_ip: str | None = Field(None, description="the main node's address (multi-node)")
+    main_process_port: int = Field(29500, gt=0, lt=65536, description="rendezvous port")
+    strategy: Literal["ddp", "deepspeed", "fsdp"] = Field("ddp", description="how workers share the model")
+    deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec)
+    fsdp: FsdpSpec = Field(default_factory=FsdpSpec)
+    config_file: str | None = Field(None, description="your own accelerate config file (wins over the above)")
+
+    @model_validator(mode="after")
+    def _check(self) -> LaunchSpec:
+        if isinstance(self.num_processes, int) and self.num_processes < 1:
+            raise ValueError("launch.num_processes: must be at least 1 (or auto)")
+        if self.num_machines > 1 and not self.main_process_ip:
+            raise ValueError("launch.main_process_ip: a multi-node run needs the main node's address")
+        if self.machine_rank >= self.num_machines:
+            raise ValueError(f"launch.machine_rank: must be below num_machines ({self.num_machines})")
+        return self
 
 
 class Recipe(Strict):

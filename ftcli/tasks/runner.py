@@ -10,23 +10,29 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ftcli import report
+from ftcli import dispatch, report
 from ftcli.data.prepare import PreparedData, prepare_data
-from ftcli.errors import RecipeError, UserError
+from ftcli.errors import RecipeError
 from ftcli.models.load import compute_dtype, load_base_model, load_tokenizer, model_source
 from ftcli.models.memory import choose_gradient_checkpointing
 from ftcli.models.methods import apply_method, parameter_counts
 from ftcli.models.save import save_model_outputs
 from ftcli.recipe.schema import BNB_OPTIMIZERS, Recipe
-from ftcli.run_dir import freeze_recipe, newest_checkpoint, open_run_dir
+from ftcli.run_dir import freeze_recipe, newest_checkpoint, open_run_dir, run_dir_of
 
 
 def run_task(recipe: Recipe, train: Callable[[Recipe, Path, bool], dict], overwrite=False, resume=False) -> dict:
-    """Open the run dir, record the recipe, and keep summary.json's status true whatever happens."""
-    out = open_run_dir(recipe, overwrite=overwrite, resume=resume)
-    freeze_recipe(recipe, out)
+    """Open the run dir, record the recipe, and keep summary.json's status true whatever happens. In an
+    accelerate worker the launching command has opened the dir already, and only the main worker writes."""
+    if dispatch.in_worker():
+        out = run_dir_of(recipe)
+    else:
+        out = open_run_dir(recipe, overwrite=overwrite, resume=resume)
+        freeze_recipe(recipe, out)
+    write = dispatch.is_main_process()
     summary: dict = {"status": "running", "task": recipe.task, "method": recipe.method.type, "run_dir": str(out)}
-    report.write_json(out / "summary.json", summary)
+    if write:
+        report.write_json(out / "summary.json", summary)
     started = time.time()
     try:
         summary.update(train(recipe, out, resume))
@@ -35,11 +41,13 @@ def run_task(recipe: Recipe, train: Callable[[Recipe, Path, bool], dict], overwr
         summary["status"] = "interrupted"
         raise
     except BaseException as exc:
-        summary.update(status="failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        summary.update(status="failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                       exit_code=getattr(exc, "exit_code", 1))  # fmt: skip
         raise
     finally:
         summary["wall_time_s"] = round(time.time() - started, 2)
-        report.write_json(out / "summary.json", summary)
+        if write:
+            report.write_json(out / "summary.json", summary)
     return summary
 
 
@@ -50,8 +58,15 @@ class Setup:
         check_hardware(recipe)
         self.recipe = recipe
         self.tokenizer = load_tokenizer(recipe.model)
-        self.data: PreparedData = prepare_data(recipe, self.tokenizer, log=lambda m: report.console.print(f"[dim]{m}[/]"))
+        with _main_process_first():  # workers: the main one tokenizes into the cache, the others then read it
+            self.data: PreparedData = prepare_data(recipe, self.tokenizer,
+                                                   log=lambda m: report.console.print(f"[dim]{m}[/]"))  # fmt: skip
         report.print_prepare_stats(self.data.stats, self.data.cache_dir, self.data.cache_hit)
+        import transformers
+
+        # Seed before any weight is created (score heads, LoRA A, soft prompts), so one process and N workers
+        # start from identical weights however much randomness data preparation used.
+        transformers.set_seed(recipe.training.seed)
         model = load_base_model(recipe)
         model.config.use_cache = False  # a KV cache during training hides packed-row boundaries from transformers
         if recipe.task == "reward" and model.config.pad_token_id is None:
@@ -105,6 +120,7 @@ def training_args(config_cls, recipe: Recipe, out: Path, setup: Setup, **extra):
         disable_tqdm=True,
         log_level="warning",
         remove_unused_columns=False,
+        ddp_find_unused_parameters=False,  # every trainable weight is used each step; the check costs a pass
         **extra,
     )
 
@@ -127,10 +143,15 @@ def train_and_save(trainer, setup: Setup, out: Path, resume: bool, callback, on_
         train_seconds = time.perf_counter() - start
         final_eval = trainer.evaluate() if setup.has_eval else {}
 
-    saved = save_model_outputs(trainer.model, setup.tokenizer, recipe, out)
+    if dispatch.in_worker():  # every rank takes part (DeepSpeed/FSDP gather the weights); the main one writes
+        trainer.save_model(str(out))
+    saved = {}
+    if dispatch.is_main_process():
+        saved = save_model_outputs(trainer.model, setup.tokenizer, recipe, out, weights=not dispatch.in_worker())
     if on_done is not None:
         on_done(trainer.model, setup.tokenizer)
-    report.plot_losses(out / "metrics.jsonl", out / "loss.png")
+    if dispatch.is_main_process():
+        report.plot_losses(out / "metrics.jsonl", out / "loss.png")
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     evals = [r["eval_loss"] for r in trainer.state.log_history if "eval_loss" in r]
     summary = {
@@ -162,6 +183,15 @@ def train_and_save(trainer, setup: Setup, out: Path, resume: bool, callback, on_
     return summary
 
 
+def _main_process_first():
+    if not dispatch.in_worker():
+        return contextlib.nullcontext()
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available()).main_process_first()
+
+
 def precision(recipe: Recipe) -> str:
     import torch
 
@@ -186,8 +216,6 @@ def check_hardware(recipe: Recipe) -> None:
             "adamw_torch (ftcli does not swap it silently)",
             key="training.optimizer",
         )
-    if recipe.launch.num_processes > 1:
-        raise UserError("launch.num_processes > 1: multi-process dispatch is not available in this version yet")
 
 
 def _checkpointing_args(config_cls, enabled: bool) -> dict:

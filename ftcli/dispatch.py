@@ -1,0 +1,203 @@
+"""Multi-process and multi-node runs are accelerate's job. With more than one process, `ftcli train|align` opens
+the run dir and freezes the resolved recipe there, writes an accelerate config next to it, and re-executes itself
+as `accelerate launch -m ftcli.worker COMMAND RUN_DIR`: every worker runs the same task on that frozen recipe
+(workers never re-parse the command line). The main worker prepares the data first and alone writes outputs."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from ftcli.errors import UserError
+from ftcli.recipe.schema import Recipe
+
+WORKER_ENV = "FTCLI_WORKER"  # set in workers: the run dir is already open, the recipe frozen
+CONFIG_NAME = "accelerate_config.yaml"
+
+
+def in_worker() -> bool:
+    return os.environ.get(WORKER_ENV) == "1"
+
+
+def is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def processes_per_machine(recipe: Recipe) -> int:
+    n = recipe.launch.num_processes
+    if n == "auto":
+        import torch
+
+        return max(torch.cuda.device_count(), 1)
+    return n
+
+
+def wants_workers(recipe: Recipe) -> bool:
+    return processes_per_machine(recipe) * recipe.launch.num_machines > 1
+
+
+def accelerate_config(recipe: Recipe, precision: str) -> dict:
+    """The accelerate config file for this recipe, or the user's own (`launch.config_file`)."""
+    launch = recipe.launch
+    if launch.config_file:
+        return yaml.safe_load(Path(launch.config_file).read_text())
+    config = {
+        "compute_environment": "LOCAL_MACHINE",
+        "distributed_type": {"ddp": "MULTI_GPU", "deepspeed": "DEEPSPEED", "fsdp": "FSDP"}[launch.strategy],
+        "num_machines": launch.num_machines,
+        "machine_rank": launch.machine_rank,
+        "num_processes": processes_per_machine(recipe) * launch.num_machines,  # accelerate counts all machines
+        "main_process_port": launch.main_process_port,
+        "mixed_precision": precision if precision in ("bf16", "fp16") else "no",
+        "rdzv_backend": "static",
+        "same_network": True,
+        "main_training_function": "main",
+        "debug": False,
+    }
+    if launch.main_process_ip:
+        config["main_process_ip"] = launch.main_process_ip
+    if launch.strategy == "deepspeed":
+        ds = launch.deepspeed
+        config["deepspeed_config"] = {"deepspeed_config_file": ds.config_file} if ds.config_file else {
+            "zero_stage": ds.zero_stage,
+            "offload_optimizer_device": "cpu" if ds.offload_optimizer else "none",
+            "offload_param_device": "cpu" if ds.offload_params else "none",
+            "zero3_init_flag": ds.zero_stage == 3,
+            "zero3_save_16bit_model": ds.zero_stage == 3,  # a loadable consolidated model at the end
+            "gradient_accumulation_steps": recipe.training.grad_accum,
+            "gradient_clipping": recipe.training.max_grad_norm,
+        }  # fmt: skip
+    elif launch.strategy == "fsdp":
+        fsdp = launch.fsdp
+        config["fsdp_config"] = {
+            "fsdp_version": 1,
+            "fsdp_sharding_strategy": fsdp.sharding_strategy,
+            "fsdp_auto_wrap_policy": fsdp.auto_wrap_policy,
+            "fsdp_state_dict_type": fsdp.state_dict_type,
+            "fsdp_offload_params": fsdp.cpu_offload,
+            "fsdp_use_orig_params": True,  # needed with frozen (PEFT) parameters
+            "fsdp_sync_module_states": True,
+            "fsdp_cpu_ram_efficient_loading": True,
+        }
+    return config
+
+
+def launch_command(command: str, run_dir: Path, recipe_file: Path, config_path: Path, resume: bool) -> list[str]:
+    worker = ["-m", "ftcli.worker", command, str(run_dir), str(recipe_file)] + (["--resume"] if resume else [])
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_path), *worker]
+
+
+def dry_run(recipe: Recipe, command: str, precision: str, resume: bool) -> dict:
+    """What would run, without running it or touching the output dir."""
+    from ftcli.run_dir import RESOLVED, run_dir_of
+
+    out = run_dir_of(recipe)
+    return {"config": accelerate_config(recipe, precision),
+            "command": launch_command(command, out, out / RESOLVED, out / CONFIG_NAME, resume)}  # fmt: skip
+
+
+def run_workers(recipe: Recipe, command: str, precision: str, overwrite: bool, resume: bool) -> dict:
+    """Open the run dir here, then hand the run to accelerate-launched workers and wait for them. Ctrl-C and
+    SIGTERM reach every worker; a worker's failure is this command's failure."""
+    import json
+    import tempfile
+
+    from ftcli import report
+    from ftcli.run_dir import freeze_recipe, open_run_dir, run_dir_of
+
+    if recipe.launch.machine_rank == 0:  # the main node owns the run dir
+        out = open_run_dir(recipe, overwrite=overwrite, resume=resume)
+        private = out
+    else:  # other nodes never clear or write it (it may be shared); their launch files stay local
+        out = run_dir_of(recipe)
+        out.mkdir(parents=True, exist_ok=True)
+        private = Path(tempfile.mkdtemp(prefix="ftcli-node-"))
+    recipe_file = freeze_recipe(recipe, private)
+    config_path = private / CONFIG_NAME
+    config_path.write_text(yaml.safe_dump(accelerate_config(recipe, precision), sort_keys=False))
+    cmd = launch_command(command, out, recipe_file, config_path, resume)
+    report.console.print(f"[dim]launching: {shlex.join(cmd)}[/]")
+    # Workers' stdout goes to our stderr: stdout is for this command's result only.
+    proc = subprocess.Popen(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True, bufsize=1,
+                            env={**os.environ, WORKER_ENV: "1"}, start_new_session=True)  # fmt: skip
+
+    stopped = []
+
+    def stop(signum, _frame):
+        stopped.append(signum)
+        os.killpg(proc.pid, signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        _relay_stderr(proc.stderr, verbose=os.environ.get("FTCLI_DEBUG") == "1")
+        code = proc.wait()
+    except KeyboardInterrupt:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        _mark_interrupted(out)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if stopped:
+        _mark_interrupted(out)
+        raise WorkerFailed("stopped by SIGTERM; every worker was stopped", 128 + stopped[0])
+    summary_file = out / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {"status": "failed"}
+    if code != 0:
+        error = summary.get("error") or "see the worker messages above"
+        raise WorkerFailed(f"the workers failed: {error}", summary.get("exit_code", 1))
+    return summary
+
+
+ELASTIC_NOISE = ("torch/distributed/elastic/", "torch.distributed.elastic")
+
+
+def _relay_stderr(stream, verbose: bool) -> None:
+    """Pass the workers' stderr through, minus torchrun's own reports (a launcher traceback, a failure table,
+    its signal logs): the worker has already said what went wrong in one line. --debug keeps everything."""
+    block: list[str] = []
+    for line in stream:
+        if verbose:
+            sys.stderr.write(line)
+        elif block or line.startswith("Traceback (most recent call last):"):
+            block.append(line)
+            if line.startswith("=" * 20) and len([x for x in block if x.startswith("=" * 20)]) == 2:
+                if not _from_launcher(block):
+                    sys.stderr.writelines(block)
+                block = []
+        elif not any(noise in line for noise in ELASTIC_NOISE):
+            sys.stderr.write(line)
+    if not _from_launcher(block):
+        sys.stderr.writelines(block)
+
+
+def _from_launcher(block: list[str]) -> bool:
+    return any(noise in line for line in block for noise in (*ELASTIC_NOISE, "accelerate/commands/launch.py"))
+
+
+def _mark_interrupted(out: Path) -> None:
+    """Workers killed by a signal cannot record it themselves."""
+    import json
+
+    from ftcli import report
+
+    summary_file = out / "summary.json"
+    if summary_file.exists():
+        summary = json.loads(summary_file.read_text())
+        if summary.get("status") == "running":
+            report.write_json(summary_file, {**summary, "status": "interrupted"})
+
+
+class WorkerFailed(UserError):
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -1,0 +1,41 @@
+"""The entry point accelerate launches in every worker:
+`python -m ftcli.worker COMMAND RUN_DIR RECIPE_FILE [--resume]`. It runs the task on the recipe the launching
+command froze (RUN_DIR/recipe.resolved.yaml on the main node), writing into RUN_DIR."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str]) -> int:
+    command, run_dir, recipe_file, *rest = argv
+    os.environ["FTCLI_WORKER"] = "1"
+    from ftcli import launch, report
+    from ftcli.cli import _quiet_libraries
+    from ftcli.dispatch import is_main_process
+    from ftcli.errors import UserError
+    from ftcli.recipe import load_recipe
+
+    report.console.quiet = not is_main_process()  # one set of tables and progress
+    try:
+        recipe = load_recipe(Path(recipe_file))
+        recipe.output.dir = run_dir
+        _quiet_libraries()
+        launch.run(command, recipe, overwrite=False, resume="--resume" in rest)
+    except UserError as exc:
+        if not is_main_process():  # the main worker's error reaches the user through summary.json and ftcli
+            print(f"[rank {os.environ.get('RANK')}] error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Exception as exc:
+        if os.environ.get("FTCLI_DEBUG") == "1":
+            raise
+        if not is_main_process():
+            print(f"[rank {os.environ.get('RANK')}] internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
