@@ -118,3 +118,10 @@ def _load_error(spec: ModelSpec, exc: Exception) -> UserError:
             f"{spec.name} is gated: request access on its hub page, then `hf auth login` ({text})", key="model.name"
         )
     return RecipeError(f"cannot load {spec.name}: {text}", key="model.name")
+
+
+def training_config(model) -> None:
+    """Before training: no KV cache. With `use_cache` on, transformers 5 no longer reads packed documents from
+    `position_ids`, and packed rows silently attend across documents (tested)."""
+    config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+    config.use_cache = False

@@ -13,7 +13,7 @@ from pathlib import Path
 from ftcli import dispatch, report
 from ftcli.data.prepare import PreparedData, prepare_data
 from ftcli.errors import RecipeError
-from ftcli.models.load import compute_dtype, load_base_model, load_tokenizer, model_source
+from ftcli.models.load import compute_dtype, load_base_model, load_tokenizer, model_source, training_config
 from ftcli.models.memory import choose_gradient_checkpointing
 from ftcli.models.methods import apply_method, parameter_counts
 from ftcli.models.save import save_model_outputs
@@ -68,7 +68,7 @@ class Setup:
         # start from identical weights however much randomness data preparation used.
         transformers.set_seed(recipe.training.seed)
         model = load_base_model(recipe)
-        model.config.use_cache = False  # a KV cache during training hides packed-row boundaries from transformers
+        training_config(model)
         if recipe.task == "reward" and model.config.pad_token_id is None:
             model.config.pad_token_id = self.tokenizer.pad_token_id  # the score is read at the last non-pad token
         if recipe.method.type == "prefix":  # its learned prefix lives in the KV cache, which checkpointing cannot replay
