@@ -59,8 +59,8 @@ def load_recipe(
         origins[("method", "type")] = origins.get(("method",))
     for item in overrides or []:
         _apply_override(raw, item, origins)
-    env_paths: list[str] = []
-    raw = _interpolate(raw, (), env, origins, env_paths)
+    secret_paths: list[str] = []
+    raw = _interpolate(raw, (), env, origins, secret_paths)
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
@@ -68,7 +68,7 @@ def load_recipe(
     _resolve_local_paths(recipe, Path(path).resolve().parent, origins)
     recipe._source = str(path)
     recipe._origins = origins
-    recipe._secret_paths = [p for p in env_paths if SECRET_KEY.search(p)]
+    recipe._secret_paths = secret_paths
     return recipe
 
 
@@ -82,8 +82,9 @@ def _read_yaml(path: Path, origins: Origins) -> dict:
         raise RecipeError("recipe file not found; check the path", where=str(path)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError(f"cannot read recipe: {exc}", where=str(path)) from None
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)  # rejects control characters already
         node = loader.get_single_node()
         if node is None:
             raise RecipeError("recipe is empty; it needs at least model: and data:", where=f"{path}:1")
@@ -91,10 +92,13 @@ def _read_yaml(path: Path, origins: Origins) -> dict:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = f":{mark.line + 1}" if mark else ""
+        if isinstance(exc, yaml.reader.ReaderError):
+            line = f":{text.count(chr(10), 0, exc.position) + 1}"
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise RecipeError(f"YAML syntax error: {problem}", where=f"{path}{line}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _build(loader: yaml.SafeLoader, node: yaml.Node, path: KeyPath, file: Path, origins: Origins, top=False):
@@ -218,11 +222,11 @@ def _set_child(node: Any, part: Any, value: Any, key: str) -> None:
         node[part] = value
 
 
-def _interpolate(value: Any, path: KeyPath, env: Mapping[str, str], origins: Origins, env_paths: list) -> Any:
+def _interpolate(value: Any, path: KeyPath, env: Mapping[str, str], origins: Origins, secret_paths: list) -> Any:
     if isinstance(value, dict):
-        return {k: _interpolate(v, path + (k,), env, origins, env_paths) for k, v in value.items()}
+        return {k: _interpolate(v, path + (k,), env, origins, secret_paths) for k, v in value.items()}
     if isinstance(value, list):
-        return [_interpolate(v, path + (i,), env, origins, env_paths) for i, v in enumerate(value)]
+        return [_interpolate(v, path + (i,), env, origins, secret_paths) for i, v in enumerate(value)]
     if not isinstance(value, str) or "${" not in value:
         return value
 
@@ -238,7 +242,9 @@ def _interpolate(value: Any, path: KeyPath, env: Mapping[str, str], origins: Ori
             where=origins.find(path),
         )
 
-    env_paths.append(_dotted(path))
+    names = [m.group(1) for m in ENV_PATTERN.finditer(value)]
+    if SECRET_KEY.search(_dotted(path)) or any(SECRET_KEY.search(n) for n in names):
+        secret_paths.append(_dotted(path))  # a secret: the key or the variable is named like one (HF_TOKEN, ...)
     return ENV_PATTERN.sub(replace, value)
 
 
