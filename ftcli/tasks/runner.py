@@ -19,6 +19,7 @@ from ftcli.models.methods import apply_method, parameter_counts
 from ftcli.models.save import save_model_outputs
 from ftcli.recipe.schema import BNB_OPTIMIZERS, Recipe
 from ftcli.run_dir import freeze_recipe, newest_checkpoint, open_run_dir, run_dir_of
+from ftcli.tasks.guards import Stopped, make_guards
 
 
 def run_task(recipe: Recipe, train: Callable[[Recipe, Path, bool], dict], overwrite=False, resume=False) -> dict:
@@ -37,7 +38,7 @@ def run_task(recipe: Recipe, train: Callable[[Recipe, Path, bool], dict], overwr
     try:
         summary.update(train(recipe, out, resume))
         summary["status"] = "completed"
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Stopped):
         summary["status"] = "interrupted"
         raise
     except BaseException as exc:
@@ -121,6 +122,7 @@ def training_args(config_cls, recipe: Recipe, out: Path, setup: Setup, **extra):
         log_level="warning",
         remove_unused_columns=False,
         ddp_find_unused_parameters=False,  # every trainable weight is used each step; the check costs a pass
+        logging_nan_inf_filter=False,  # a NaN loss must show (and stop the run), not be averaged away
         **extra,
     )
 
@@ -135,6 +137,7 @@ def train_and_save(trainer, setup: Setup, out: Path, resume: bool, callback, on_
     if recipe.method.type == "qlora":
         _adapter_to_compute_dtype(trainer.model, recipe)
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts to stdout, which is for results
+    trainer.add_callback(make_guards())
     _print_plan(setup, trainer)
     checkpoint = newest_checkpoint(out) if resume else None
     with _quantized_training_guard(recipe, trainer.model):
