@@ -36,6 +36,9 @@ def run(command: str, recipe: Recipe, overwrite: bool, resume: bool, launcher: s
     when the recipe asks for more than one; the task's module (ftcli.tasks.<task>) does the training."""
     check_command(command, recipe)
     from ftcli import dispatch
+    from ftcli.tasks.runner import check_hardware
+
+    check_hardware(recipe)  # before any run dir is created or worker started
 
     workers = launcher == "accelerate" or (launcher == "auto" and dispatch.wants_workers(recipe))
     if workers and not dispatch.in_worker():

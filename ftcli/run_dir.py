@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -34,15 +35,38 @@ def open_run_dir(recipe: Recipe, overwrite: bool, resume: bool) -> Path:
         if not busy or newest_checkpoint(out) is None:
             raise UserError(f"--resume: no complete checkpoint in {out}; set training.save_steps and run without it")
         return out
+    if busy and not overwrite:
+        raise UserError(
+            f"output dir {out} is not empty; pass --overwrite to replace it, --resume to continue it, "
+            "or set output.dir"
+        )
+    existing = next(p for p in (out, *out.resolve().parents) if p.exists())  # checked before anything is made
+    if not os.access(existing, os.W_OK):
+        raise UserError(f"output.dir {out}: {existing} is not writable; point output.dir somewhere writable")
+    _check_free_space(recipe, out, existing)
     if busy:
-        if not overwrite:
-            raise UserError(
-                f"output dir {out} is not empty; pass --overwrite to replace it, --resume to continue it, "
-                "or set output.dir"
-            )
         shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"output.dir {out}: cannot create it ({exc.strerror})") from None
     return out
+
+
+def _check_free_space(recipe: Recipe, out: Path, existing: Path) -> None:
+    """Enough room for one checkpoint, estimated from the base weights on disk (when they are local): full
+    fine-tuning saves weights plus two optimizer moments, adapters a small fraction."""
+    from ftcli.models.builtin import builtin_path, is_builtin
+
+    source = builtin_path(recipe.model.name) if is_builtin(recipe.model.name) else Path(recipe.model.name)
+    if not source.is_dir():
+        return  # a hub id: its size is not known before download
+    weights = sum(f.stat().st_size for f in source.glob("*") if f.suffix in (".safetensors", ".bin"))
+    need = weights * (3 if recipe.method.type == "full" else 0.2)
+    free = shutil.disk_usage(existing).free
+    if need > free:
+        raise UserError(f"output.dir {out}: a checkpoint needs about {need / 2**30:.1f} GiB and only "
+                        f"{free / 2**30:.1f} GiB is free; free space or point output.dir elsewhere")
 
 
 def newest_checkpoint(out: Path) -> Path | None:

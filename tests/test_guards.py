@@ -42,3 +42,34 @@ def test_a_diverging_loss_stops_the_run_naming_the_step(tmp_path):
     assert "the training loss became" in err and "by step" in err and "Traceback" not in err
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "failed" and "loss became" in summary["error"]
+
+
+def test_kill_9_between_checkpoints_then_resume_matches_an_uninterrupted_run(tmp_path):
+    from safetensors.torch import load_file
+
+    steps = ["training.max_steps=40", "training.save_steps=10", "training.save_total_limit=5",
+             "data.eval_fraction=0"]  # fmt: skip
+    assert run_cli("train", RECIPES / "smoke" / "sft-full.yaml", f"output.dir={tmp_path / 'a'}", *steps)[0] == 0
+    out = tmp_path / "b"
+    proc = subprocess.Popen([sys.executable, "-m", "ftcli", "train", str(RECIPES / "smoke" / "sft-full.yaml"),
+                             f"output.dir={out}", *steps], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    while not (out / "checkpoint-20" / "trainer_state.json").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: nothing runs after it
+    proc.wait()
+    assert not (out / "model.safetensors").exists()
+    # a save cut short looks like a checkpoint dir without its trainer_state.json (written last): skipped
+    partial = out / "checkpoint-30"
+    partial.mkdir(exist_ok=True)
+    code, _, err = run_cli("train", RECIPES / "smoke" / "sft-full.yaml", f"output.dir={out}", *steps, "--resume")
+    assert code == 0, err
+    first, resumed = load_file(tmp_path / "a" / "model.safetensors"), load_file(out / "model.safetensors")
+    for key in first:
+        assert torch_close(resumed[key], first[key]), key
+
+
+def torch_close(a, b) -> bool:
+    import torch
+
+    return torch.allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -89,6 +89,8 @@ def prepare_data(recipe: Recipe, tokenizer, log: Callable[[str], None] = lambda 
             source_stats.append({"path": src.path, "split": "train" if group == "sources" else "eval", **counts})
 
     train = datasets.concatenate_datasets(train_parts) if len(train_parts) > 1 else train_parts[0]
+    if len(train) == 0:
+        raise DataError("no training rows left after tokenization (all dropped or bad); see `ftcli prepare`")
     evaluation = None
     if eval_parts:
         evaluation = datasets.concatenate_datasets(eval_parts) if len(eval_parts) > 1 else eval_parts[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from ftcli.errors import DataError
@@ -20,10 +21,15 @@ def load_source(src: DataSource, key: str):
     if path.exists():
         files = _local_files(path, key)
         builder = BUILDERS[files[0].suffix]
+        library_logs = logging.getLogger("datasets")
+        level = library_logs.level
+        library_logs.setLevel(logging.CRITICAL)  # a bad file is reported below, by row, not as datasets' traceback
         try:
             ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
         except Exception as exc:  # noqa: BLE001 - datasets raises many types for one bad file
             raise _explain_load_failure(files, exc) from None
+        finally:
+            library_logs.setLevel(level)
     else:
         try:
             ds = datasets.load_dataset(src.path, src.name, split=src.split, revision=src.revision)

@@ -1,0 +1,124 @@
+"""The bad-input catalogue: every malformed recipe, dataset or command line exits 2 with one line that names
+the key / file / row and what to do, never a traceback, and leaves no half-written output dir (at most the
+frozen recipe and a summary.json saying `failed`)."""
+
+import json
+
+import pytest
+
+from tests.helpers import DATA, RECIPES, call_main
+
+SMOKE = RECIPES / "smoke"
+GOOD_CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+def jsonl(path, rows):
+    return write(path, "\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+
+
+def recipe_on(tmp_path, data_file, fmt="chat", extra=""):
+    return write(tmp_path / "r.yaml", f"extends: {SMOKE / 'sft-lora.yaml'}\ndata:\n  format: {fmt}\n"
+                                      f"  sources: [{data_file}]\n  cache_dir: {tmp_path / 'cache'}\n{extra}")  # fmt: skip
+
+
+# (id, builder(tmp_path) -> argv, expected text in the error line)
+CASES = [
+    ("unknown key", lambda t: ["validate", SMOKE / "sft-lora.yaml", "training.learnig_rate=1"], "did you mean learning_rate"),
+    ("wrong type", lambda t: ["validate", SMOKE / "sft-lora.yaml", "training.epochs=abc"], "training.epochs"),
+    ("zero batch", lambda t: ["validate", SMOKE / "sft-lora.yaml", "training.batch_size=0"], "training.batch_size"),
+    ("unknown method", lambda t: ["validate", SMOKE / "sft-lora.yaml", "method.type=lorax"], "method"),
+    ("unknown task", lambda t: ["validate", SMOKE / "sft-lora.yaml", "task=sftt"], "task"),
+    ("missing data file", lambda t: ["validate", SMOKE / "sft-lora.yaml", "data.sources.0.path=./missing.jsonl"],
+     "file not found: ./missing.jsonl"),
+    ("format the task cannot use", lambda t: ["validate", SMOKE / "sft-lora.yaml", "data.format=text"],
+     "task sft cannot learn from text rows"),
+    ("column of another format", lambda t: ["validate", SMOKE / "sft-lora.yaml", "data.columns={prompt: q}"],
+     "not a column of the chat format"),
+    ("eval twice", lambda t: ["validate", SMOKE / "sft-lora.yaml", f"data.eval_sources=[{DATA / 'chat.jsonl'}]"],
+     "either eval_fraction or eval_sources"),
+    ("prefix with packing", lambda t: ["validate", SMOKE / "sft-prefix.yaml", "data.packing=true"], "data.packing"),
+    ("unknown builtin", lambda t: ["train", SMOKE / "sft-lora.yaml", "model.name=builtin:nope",
+                                   f"output.dir={t / 'run'}"], "unknown builtin model 'nope'"),
+    ("missing model dir", lambda t: ["validate", SMOKE / "sft-lora.yaml", "model.name=./no-such-model"],
+     "model.name"),
+    ("missing env var", lambda t: ["validate", write(t / "e.yaml", f"extends: {SMOKE / 'sft-lora.yaml'}\n"
+                                                     "description: ${env:FTCLI_SURELY_UNSET}\n")],
+     "environment variable FTCLI_SURELY_UNSET is not set"),
+    ("yaml syntax", lambda t: ["validate", write(t / "s.yaml", "model: {name: [\n")], "YAML syntax error"),
+    ("duplicate key", lambda t: ["validate", write(t / "d.yaml", "model: {name: a}\nmodel: {name: b}\n")],
+     "model: key given twice"),
+    ("extends cycle", lambda t: ["validate", write(t / "c.yaml", f"extends: {t / 'c.yaml'}\n")], "extends"),
+    ("empty recipe", lambda t: ["validate", write(t / "empty.yaml", "")], "recipe is empty"),
+    ("missing recipe", lambda t: ["validate", t / "nope.yaml"], "recipe file not found"),
+    ("two launch nodes without address", lambda t: ["validate", SMOKE / "sft-lora.yaml", "launch.num_machines=2"],
+     "launch.main_process_ip"),
+    ("ref model with lora", lambda t: ["validate", SMOKE / "dpo-lora.yaml", "align.ref_model=x/y"],
+     "align.ref_model"),
+    ("fp16 on a cpu", lambda t: ["train", SMOKE / "sft-lora.yaml", "training.precision=fp16",
+                                 f"output.dir={t / 'run'}"], "fp16 mixed precision needs a CUDA GPU"),
+    ("cuda optimizer on a cpu", lambda t: ["train", SMOKE / "sft-lora.yaml", "training.optimizer=paged_adamw_8bit",
+                                           f"output.dir={t / 'run'}"], "bitsandbytes CUDA optimizer"),
+    ("lora target missing", lambda t: ["train", SMOKE / "sft-lora.yaml", "method.target_modules=[q_lin]",
+                                       f"output.dir={t / 'run'}"], "'q_lin' names no module"),
+    ("freeze key matches nothing", lambda t: ["train", SMOKE / "sft-full.yaml", "method.keys_to_finetune=[vision]",
+                                              f"output.dir={t / 'run'}"], "'vision' matches no parameter"),
+    ("adapter dir without adapter", lambda t: ["train", SMOKE / "sft-lora.yaml", f"model.adapter={t}",
+                                               f"output.dir={t / 'run'}"], "model.adapter"),
+    ("broken jsonl line", lambda t: ["prepare", recipe_on(t, jsonl(t / "b.jsonl", [GOOD_CHAT, "{oops"]))],
+     "b.jsonl"),
+    ("chat row without answer", lambda t: ["prepare", recipe_on(t, jsonl(t / "n.jsonl", [
+        GOOD_CHAT, {"messages": [{"role": "user", "content": "hi"}]}]))], "row 2: field 'messages'"),
+    ("wrong columns", lambda t: ["prepare", recipe_on(t, DATA / "chat.jsonl", fmt="instruction")],
+     "field 'instruction': missing"),
+    ("empty dataset", lambda t: ["prepare", recipe_on(t, write(t / "empty.jsonl", ""))], ""),
+    ("every row too long", lambda t: ["prepare", recipe_on(t, DATA / "chat.jsonl",
+                                                           extra="  max_length: 8\n  overlong: drop\n")],
+     "no training rows left"),
+    ("unknown template", lambda t: ["prepare", SMOKE / "sft-lora.yaml", "data.template=vicunaa"],
+     "unknown template 'vicunaa'"),
+    ("identical preference pair", lambda t: ["prepare", write(t / "p.yaml", f"extends: {SMOKE / 'dpo-lora.yaml'}\n"
+        f"data:\n  sources: [{jsonl(t / 'p.jsonl', [{'prompt': 'q', 'chosen': 'a', 'rejected': 'a'}])}]\n"
+        "  eval_fraction: 0\n")], "identical to rejected"),
+    ("align on a train recipe", lambda t: ["align", SMOKE / "sft-lora.yaml"], "run by `ftcli train`"),
+    ("train on an align recipe", lambda t: ["train", SMOKE / "dpo-lora.yaml"], "run by `ftcli align`"),
+    ("unsupported preference task", lambda t: ["align", SMOKE / "dpo-lora.yaml", "task=simpo"], "trl.experimental"),
+    ("resume without checkpoint", lambda t: ["train", SMOKE / "sft-lora.yaml", f"output.dir={t}", "--resume"],
+     "no complete checkpoint"),
+    ("overwrite and resume", lambda t: ["train", SMOKE / "sft-lora.yaml", f"output.dir={t / 'run'}", "--resume",
+                                        "--overwrite"], "contradict"),
+    ("infer on nothing", lambda t: ["infer", t / "nothing", "-p", "hi"], "expected a recipe"),
+    ("infer without weights", lambda t: ["infer", (t / "runlike").mkdir() or write(
+        t / "runlike" / "recipe.resolved.yaml", f"model: {{name: 'builtin:tiny-llama'}}\nmethod: lora\n"
+        f"data: {{sources: [{DATA / 'chat.jsonl'}]}}\n").parent, "-p", "hi"],
+     "no adapter_config.json"),
+    ("infer empty prompt", lambda t: ["infer", SMOKE / "sft-lora.yaml", "-p", ""], "empty prompt"),
+    ("bad launcher", lambda t: ["train", SMOKE / "sft-lora.yaml", "--launcher", "slurm"], "--launcher slurm"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name, build, expected", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2(name, build, expected, tmp_path, capsys):
+    argv = build(tmp_path)
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    code = call_main(*argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = err.splitlines()  # progress tables may come first; the error is the one last line
+    assert lines[-1].startswith("error: ") and sum(line.startswith("error") for line in lines) == 1, err
+    assert expected in lines[-1], lines[-1]
+    run = tmp_path / "run"
+    if run.exists():  # at most the record of the failure, never partial results
+        assert {p.name for p in run.iterdir()} <= {"recipe.resolved.yaml", "summary.json"}
+        assert json.loads((run / "summary.json").read_text())["status"] == "failed"
+    for path, mtime in before.items():  # nothing the user had was touched
+        assert path.stat().st_mtime_ns == mtime, path
+
+
+def test_the_catalogue_is_at_least_thirty_cases():
+    assert len(CASES) >= 30
