@@ -152,6 +152,10 @@ def run_workers(recipe: Recipe, command: str, precision: str, overwrite: bool, r
         raise WorkerFailed("stopped by SIGTERM; every worker was stopped", 128 + stopped[0])
     summary_file = out / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else {"status": "failed"}
+    if code != 0 and summary.get("status") == "completed":  # the main worker finished and wrote everything
+        report.console.print(f"[yellow]warning: a worker exited with code {code} after the run completed; "
+                             "the outputs are complete[/]")  # fmt: skip
+        return summary
     if code != 0:
         error = summary.get("error") or "see the worker messages above"
         raise WorkerFailed(f"the workers failed: {error}", summary.get("exit_code", 1))

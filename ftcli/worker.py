@@ -24,17 +24,31 @@ def main(argv: list[str]) -> int:
         recipe.output.dir = run_dir
         _quiet_libraries()
         launch.run(command, recipe, overwrite=False, resume="--resume" in rest)
+        _shut_down_process_group(wait_for_others=True)
     except UserError as exc:
+        _shut_down_process_group(wait_for_others=False)
         if not is_main_process():  # the main worker's error reaches the user through summary.json and ftcli
             print(f"[rank {os.environ.get('RANK')}] error: {exc}", file=sys.stderr)
         return exc.exit_code
     except Exception as exc:
+        _shut_down_process_group(wait_for_others=False)
         if os.environ.get("FTCLI_DEBUG") == "1":
             raise
         if not is_main_process():
             print(f"[rank {os.environ.get('RANK')}] internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _shut_down_process_group(wait_for_others: bool) -> None:
+    """Leave the process group cleanly: a worker exiting with gloo/nccl threads alive aborts ("terminate called
+    without an active exception") and fails a finished run. On success, wait until every rank is done first."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        if wait_for_others:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
