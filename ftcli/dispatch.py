@@ -5,6 +5,7 @@ as `accelerate launch -m ftcli.worker COMMAND RUN_DIR`: every worker runs the sa
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -105,7 +106,6 @@ def dry_run(recipe: Recipe, command: str, precision: str, resume: bool) -> dict:
 def run_workers(recipe: Recipe, command: str, precision: str, overwrite: bool, resume: bool) -> dict:
     """Open the run dir here, then hand the run to accelerate-launched workers and wait for them. Ctrl-C and
     SIGTERM reach every worker; a worker's failure is this command's failure."""
-    import json
     import tempfile
 
     from ftcli import report
@@ -190,8 +190,6 @@ def _from_launcher(block: list[str]) -> bool:
 
 def _mark_interrupted(out: Path) -> None:
     """Workers killed by a signal cannot record it themselves."""
-    import json
-
     from ftcli import report
 
     summary_file = out / "summary.json"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 from ftcli import report
+from ftcli.errors import UserError
 from ftcli.infer.generate import generate
 from ftcli.infer.inputs import Item
 from ftcli.recipe.schema import InferSpec
@@ -15,7 +16,7 @@ def chat(model, tokenizer, spec: InferSpec, template: str | None) -> None:
     from transformers import TextStreamer
 
     if template is None:
-        raise_no_template()
+        raise UserError("--chat needs a chat template: the model has none and the recipe sets no data.template")
     spec = spec.model_copy(update={"batch_size": 1, "num_return_sequences": 1})
     messages: list[dict] = []
     tty = sys.stdin.isatty()
@@ -37,8 +38,3 @@ def chat(model, tokenizer, spec: InferSpec, template: str | None) -> None:
         sys.stdout.flush()
         messages.append({"role": "assistant", "content": result["output"]})
 
-
-def raise_no_template():
-    from ftcli.errors import UserError
-
-    raise UserError("--chat needs a chat template: the model has none and the recipe sets no data.template")

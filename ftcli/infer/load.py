@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ftcli.errors import RecipeError
-from ftcli.models.load import load_base_model, load_tokenizer
+from ftcli.models.load import inference_config, load_base_model, load_tokenizer
 from ftcli.recipe.schema import Recipe
 
 
@@ -25,6 +25,5 @@ def load_for_inference(recipe: Recipe):
             raise RecipeError(f"cannot load adapter {adapter} onto {recipe.model.name}: {str(exc).splitlines()[0]}",
                               key="model.adapter") from None  # fmt: skip
     model.eval()
-    config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
-    config.use_cache = True
+    inference_config(model)
     return model, tokenizer

@@ -45,7 +45,7 @@ def run_infer(recipe: Recipe, prompts: list[str], input_path: str | None, as_jso
     if mode == "score":
         from ftcli.infer.score import score
 
-        results = score(model, tokenizer, items, recipe, template)
+        results = score(model, tokenizer, items, template)
         text = lambda r: f"{r['winner']}\t{r['chosen_score']:.4f}\t{r['rejected_score']:.4f}" if "winner" in r \
             else f"{r['score']:.4f}"  # fmt: skip
     else:

@@ -8,10 +8,9 @@ from collections.abc import Iterator
 from ftcli.data.pairs import PairTokenizer
 from ftcli.errors import DataError
 from ftcli.infer.inputs import Item
-from ftcli.recipe.schema import Recipe
 
 
-def score(model, tokenizer, items: list[Item], recipe: Recipe, template: str | None) -> Iterator[dict]:
+def score(model, tokenizer, items: list[Item], template: str | None) -> Iterator[dict]:
     import torch
 
     pairs = PairTokenizer(tokenizer, {}, template, 10**9, 10**9, "truncate")

@@ -123,5 +123,13 @@ def _load_error(spec: ModelSpec, exc: Exception) -> UserError:
 def training_config(model) -> None:
     """Before training: no KV cache. With `use_cache` on, transformers 5 no longer reads packed documents from
     `position_ids`, and packed rows silently attend across documents (tested)."""
-    config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
-    config.use_cache = False
+    _config(model).use_cache = False
+
+
+def inference_config(model) -> None:
+    """After training (and for inference): the KV cache back on, so saved and loaded models generate fast."""
+    _config(model).use_cache = True
+
+
+def _config(model):
+    return model.get_base_model().config if hasattr(model, "get_base_model") else model.config

@@ -7,13 +7,14 @@ import json
 from pathlib import Path
 
 from ftcli.errors import UserError
+from ftcli.models.load import inference_config
 from ftcli.recipe.schema import Recipe
 
 
 def save_model_outputs(model, tokenizer, recipe: Recipe, out: Path, weights: bool = True) -> dict:
     """`weights=False` when the trainer has saved them already (sharded workers gather them there)."""
     is_peft = hasattr(model, "peft_config")
-    _restore_inference_config(model)
+    inference_config(model)
     if weights:  # only the trained adapter: DPO may hold a frozen "ref" copy beside it
         model.save_pretrained(out, safe_serialization=True, **({"selected_adapters": ["default"]} if is_peft else {}))
     elif (out / "config.json").exists():
@@ -51,7 +52,7 @@ def merge_adapter(recipe: Recipe, adapter_dir: Path, out: Path) -> Path:
             del base.config.quantization_config
     model = peft.PeftModel.from_pretrained(base, str(adapter_dir))
     merged = model.merge_and_unload()
-    _restore_inference_config(merged)
+    inference_config(merged)
     merged.save_pretrained(out, safe_serialization=True)
     save_tokenizer(load_tokenizer(recipe.model), out)
     return out
@@ -61,13 +62,3 @@ def _set_use_cache(config_file: Path) -> None:
     config = json.loads(config_file.read_text())
     config["use_cache"] = True
     config_file.write_text(json.dumps(config, indent=2) + "\n")
-
-
-def _restore_inference_config(model) -> None:
-    """Training turns the KV cache off; a saved model must generate fast."""
-    config = getattr(model, "config", None)
-    if config is not None:
-        config.use_cache = True
-    base = getattr(model, "get_base_model", None)
-    if base is not None:
-        base().config.use_cache = True
