@@ -152,6 +152,7 @@ def infer(
     overrides: list[str] | None = OverridesArg,
     prompt: list[str] = typer.Option([], "--prompt", "-p", help="a prompt (repeatable)"),
     input_path: str | None = typer.Option(None, "--input", "-i", help=".txt / .jsonl file of prompts, - for stdin"),
+    image: list[str] = typer.Option([], "--image", help="caption runs: an image to describe or ask about (repeatable)"),
     mode: str | None = typer.Option(None, "--mode", help="generate | score (reward models) | perplexity"),
     chat: bool = typer.Option(False, "--chat", help="interactive multi-turn session, streamed"),
     raw: bool = typer.Option(False, "--raw", help="no chat template"),
@@ -181,7 +182,7 @@ def infer(
         typer.echo(line)
         sys.stdout.flush()
 
-    run_infer(loaded, prompt, input_path, as_json, chat, split, emit)
+    run_infer(loaded, prompt, input_path, as_json, chat, split, emit, image)
 
 
 @app.command()

@@ -1,6 +1,5 @@
-"""Where a command runs. One process: here, in-process. (Multi-process dispatch through `accelerate launch`
-arrives with its own issue; until then a recipe asking for it is refused with the reason.) Each task is one
-module of ftcli.tasks named after it."""
+"""Where a command runs: in this process, or in accelerate-launched workers (ftcli.dispatch) when the recipe asks
+for more than one. Each task is one module of ftcli.tasks named after it."""
 
 from __future__ import annotations
 
@@ -19,8 +18,6 @@ def check_command(command: str, recipe: Recipe) -> None:
 
 def check_runnable(recipe: Recipe) -> None:
     """Refusals that need no model loaded (also run by `ftcli validate`)."""
-    if recipe.task == "caption":
-        raise UserError("task caption (multimodal GIT training) is not available in this version yet")
     if recipe.task in ("orpo", "simpo"):
         raise UserError(
             f"task {recipe.task}: the installed TRL offers ORPO and SimPO (CPO) only in trl.experimental, whose "

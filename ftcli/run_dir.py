@@ -14,6 +14,8 @@ from ftcli.recipe.schema import Recipe
 
 RESOLVED = "recipe.resolved.yaml"
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# a checkpoint being written: neither CHECKPOINT nor the Trainer's checkpoint-* rotation matches it
+STAGING_GLOB = ".checkpoint-*.tmp"
 
 
 def run_dir_of(recipe: Recipe) -> Path:
@@ -69,8 +71,21 @@ def _check_free_space(recipe: Recipe, out: Path, existing: Path) -> None:
                         f"{free / 2**30:.1f} GiB is free; free space or point output.dir elsewhere")
 
 
+def staging_dir(out: Path, step: int) -> Path:
+    """Where checkpoint-<step> is written before it is renamed into place (ftcli.tasks.guards)."""
+    return out / STAGING_GLOB.replace("*", str(step))
+
+
+def clear_staging(out: Path) -> None:
+    """Drop what saves killed midway left in their staging dirs."""
+    for staged in out.glob(STAGING_GLOB):
+        shutil.rmtree(staged, ignore_errors=True)
+
+
 def newest_checkpoint(out: Path) -> Path | None:
-    """The newest checkpoint whose save finished (trainer_state.json is written last)."""
+    """The newest checkpoint whose save finished. Checkpoints are renamed into place only once complete (a save
+    killed midway leaves a staging dir, never seen here); trainer_state.json, written last, is still required, for
+    checkpoint dirs written in place by older versions."""
     found = []
     for child in out.iterdir() if out.exists() else []:
         match = CHECKPOINT.match(child.name)

@@ -81,3 +81,34 @@ def reload_logits(run_dir: Path, kind: str, dest: Path):
     subprocess.run([sys.executable, "-c", RELOAD_SCRIPT, str(run_dir), kind, str(base), PROBE, str(dest)],
                    check=True, capture_output=True)  # fmt: skip
     return torch.load(dest)
+
+
+def pickle_only_model(dest: Path) -> Path:
+    """builtin:tiny-llama with its weights as pytorch_model.bin (pickle) instead of model.safetensors."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from ftcli.models.builtin import builtin_path
+
+    base = builtin_path("builtin:tiny-llama")
+    shutil.copytree(base, dest, ignore=shutil.ignore_patterns("*.safetensors"))
+    torch.save(load_file(base / "model.safetensors"), dest / "pytorch_model.bin")
+    return dest
+
+
+def pickle_only_adapter(dest: Path) -> Path:
+    """A LoRA adapter for builtin:tiny-llama saved as adapter_model.bin (pickle) instead of safetensors."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from ftcli.models.builtin import builtin_path
+
+    base = AutoModelForCausalLM.from_pretrained(builtin_path("builtin:tiny-llama"))
+    get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(dest)
+    torch.save(load_file(dest / "adapter_model.safetensors"), dest / "adapter_model.bin")
+    (dest / "adapter_model.safetensors").unlink()
+    return dest

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.helpers import DATA, RECIPES, call_main
+from tests.helpers import DATA, RECIPES, call_main, pickle_only_adapter, pickle_only_model
 
 SMOKE = RECIPES / "smoke"
 GOOD_CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
@@ -69,6 +69,13 @@ CASES = [
                                               f"output.dir={t / 'run'}"], "'vision' matches no parameter"),
     ("adapter dir without adapter", lambda t: ["train", SMOKE / "sft-lora.yaml", f"model.adapter={t}",
                                                f"output.dir={t / 'run'}"], "model.adapter"),
+    ("pickle-only model dir", lambda t: ["train", SMOKE / "sft-lora.yaml", f"model.name={pickle_only_model(t / 'pkl')}",
+                                         f"output.dir={t / 'run'}"],
+     "pkl holds only pickle weights (pytorch_model.bin)"),
+    ("pickle-only adapter", lambda t: ["train", SMOKE / "sft-lora.yaml", f"model.adapter={pickle_only_adapter(t / 'pa')}",
+                                       f"output.dir={t / 'run'}"], "pa holds only pickle weights (adapter_model.bin)"),
+    ("infer a pickle-only model dir", lambda t: ["infer", pickle_only_model(t / "pkl"), "-p", "hi"],
+     "model.allow_pickle: true"),
     ("broken jsonl line", lambda t: ["prepare", recipe_on(t, jsonl(t / "b.jsonl", [GOOD_CHAT, "{oops"]))],
      "b.jsonl"),
     ("chat row without answer", lambda t: ["prepare", recipe_on(t, jsonl(t / "n.jsonl", [
@@ -98,6 +105,28 @@ CASES = [
      "no adapter_config.json"),
     ("infer empty prompt", lambda t: ["infer", SMOKE / "sft-lora.yaml", "-p", ""], "empty prompt"),
     ("bad launcher", lambda t: ["train", SMOKE / "sft-lora.yaml", "--launcher", "slurm"], "--launcher slurm"),
+    # task: caption (multimodal GIT)
+    ("caption without a vision model", lambda t: ["validate", SMOKE / "caption-lora.yaml", "multimodal=null"],
+     "multimodal.vision_model: task caption needs a vision encoder"),
+    ("caption with prefix tuning", lambda t: ["validate", SMOKE / "caption-lora.yaml", "method.type=prefix"],
+     "task caption trains with full, lora or qlora"),
+    ("image data for sft", lambda t: ["validate", SMOKE / "sft-lora.yaml", "data.format=caption"],
+     "image data trains with task: caption"),
+    ("caption key matches nothing", lambda t: ["train", SMOKE / "caption-lora.yaml", "multimodal.keys_to_finetune=[vit]",
+                                               f"output.dir={t / 'run'}", f"data.cache_dir={t / 'c'}"],
+     "multimodal.keys_to_finetune: 'vit' matches no parameter"),
+    ("missing image", lambda t: ["prepare", SMOKE / "caption-lora.yaml", f"data.cache_dir={t / 'c'}",
+                                 f"data.sources=[{jsonl(t / 'm.jsonl', [{'image': 'gone.png', 'caption': 'x'}])}]"],
+     "m.jsonl row 1: field 'image': gone.png: image file not found"),
+    ("image outside its folder", lambda t: ["prepare", SMOKE / "caption-lora.yaml", f"data.cache_dir={t / 'c'}",
+                                            f"data.sources=[{jsonl(t / 'o.jsonl', [{'image': '/etc/hostname', 'caption': 'x'}])}]"],
+     "set data.allow_images_outside: true if intended"),
+    ("image folder missing", lambda t: ["validate", SMOKE / "caption-lora.yaml", "data.sources.0.image_dir=./nope"],
+     "data.sources.0.image_dir: image folder not found"),
+    ("image for a text model", lambda t: ["infer", SMOKE / "sft-lora.yaml", "--image", DATA / "shapes/images/eval-000.png"],
+     "images go to caption runs"),
+    ("caption recipe before training", lambda t: ["infer", SMOKE / "caption-lora.yaml", "--image",
+                                                  DATA / "shapes/images/eval-000.png"], "run `ftcli infer` on its run dir"),
 ]  # fmt: skip
 
 

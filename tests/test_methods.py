@@ -10,7 +10,7 @@ from ftcli.errors import RecipeError
 from ftcli.models.builtin import builtin_path
 from ftcli.recipe import load_recipe
 from ftcli.tasks import sft
-from tests.helpers import PROBE, RECIPES, probe_logits, reload_logits
+from tests.helpers import PROBE, RECIPES, pickle_only_adapter, pickle_only_model, probe_logits, reload_logits
 
 SMOKE = RECIPES / "smoke"
 BASE = str(builtin_path("builtin:tiny-llama"))
@@ -143,6 +143,18 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path):
     first, resumed = load_file(tmp_path / "a" / "model.safetensors"), load_file(b / "model.safetensors")
     for key in first:
         torch.testing.assert_close(resumed[key], first[key], rtol=1e-5, atol=1e-6)
+
+
+def test_pickle_weights_load_when_the_recipe_allows_them(tmp_path):
+    """Refused by default (tests/test_bad_input.py); with model.allow_pickle a pickled base and adapter train."""
+    pickled = [f"model.name={pickle_only_model(tmp_path / 'base')}", "model.allow_pickle=true"]
+    summary, _ = train("sft-full", tmp_path / "full", *pickled, "training.max_steps=2")
+    assert summary["status"] == "completed" and summary["steps"] == 2
+    adapter = [f"model.adapter={pickle_only_adapter(tmp_path / 'adapter')}", "model.allow_pickle=true"]
+    summary, _ = train("sft-lora", tmp_path / "lora", *adapter, "training.max_steps=2")
+    assert summary["status"] == "completed" and summary["steps"] == 2
+    assert (tmp_path / "full" / "model.safetensors").exists()  # what ftcli writes is safetensors all the same
+    assert (tmp_path / "lora" / "adapter_model.safetensors").exists()
 
 
 def test_resume_without_a_checkpoint_refuses(tmp_path):

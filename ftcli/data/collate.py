@@ -1,4 +1,5 @@
-"""Batch collators: packed rows (position_ids, no attention mask) and padded rows (attention mask)."""
+"""Batch collators: packed rows (position_ids, no attention mask), padded rows (attention mask), and padded
+image rows (plus pixel_values)."""
 
 from __future__ import annotations
 
@@ -56,3 +57,23 @@ class PaddedCollator(_RightPadding):
         lengths = torch.tensor([len(e["input_ids"]) for e in examples])
         attention_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
         return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+@dataclass
+class ImageCollator(_RightPadding):
+    """Image rows (task: caption): padded text plus `pixel_values` from the vision model's image processor, read
+    per batch so prepared data holds paths, not pixels."""
+
+    image_processor: object = None
+
+    def __call__(self, examples: list[dict]) -> dict:
+        import torch
+
+        from ftcli.data.images import load_rgb
+
+        input_ids, labels, width = self._pad(examples)
+        lengths = torch.tensor([len(e["input_ids"]) for e in examples])
+        attention_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
+        images = [load_rgb(e["image"]) for e in examples]
+        pixel_values = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask, "pixel_values": pixel_values}

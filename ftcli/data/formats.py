@@ -2,7 +2,8 @@
 
 Canonical rows: text -> {"text"}; chat and instruction -> {"messages": [{"role", "content"}, ...]};
 completion -> {"prompt", "completion"}; preference -> {"prompt", "chosen", "rejected", "margin"}, where each side is
-a string or a message list (see `_preference`).
+a string or a message list (see `_preference`). Image formats add {"image", "image_column"} to a completion
+(caption) or messages (image_instruction, image_chat) row.
 A malformed row raises BadRow naming the dataset field, so the caller can report file and row.
 """
 
@@ -35,6 +36,16 @@ def canonical_row(fmt: str, row: dict, columns: dict[str, str]) -> dict:
         return {"messages": _messages(row.get(col("messages")), col("messages"), col("role"), col("content"))}
     if fmt == "preference":
         return _preference(row, col)
+    image = {"image": row.get(col("image")), "image_column": col("image")}  # resolved by data/images.py
+    if fmt == "caption":
+        return {**image, "prompt": "", "completion": _text(row, col("caption"))}
+    if fmt == "image_instruction":
+        return {**image, "messages": _instruction_messages(row, col)}
+    if fmt == "image_chat":
+        names = (col("messages"), col("role"), col("content"))
+        if names[0] not in row and "conversations" in row and "messages" not in columns:
+            names = ("conversations", "from", "value")  # LLaVA's layout, found without a columns mapping
+        return {**image, "messages": _messages(row.get(names[0]), *names)}
     raise ValueError(f"unknown format {fmt}")
 
 

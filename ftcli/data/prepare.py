@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ftcli.data.cache import (
     data_cache_root,
@@ -19,6 +20,7 @@ from ftcli.data.cache import (
     source_fingerprint,
     tokenizer_fingerprint,
 )
+from ftcli.data.images import ImageRows
 from ftcli.data.packing import pack_rows
 from ftcli.data.pairs import PAIR_COLUMNS, PairTokenizer
 from ftcli.data.sources import ROW, load_source
@@ -34,7 +36,7 @@ from ftcli.data.tokenize import (
     RowTokenizer,
 )
 from ftcli.errors import DataError
-from ftcli.recipe.schema import ALIGN_TASKS, DataSource, Recipe
+from ftcli.recipe.schema import ALIGN_TASKS, IMAGE_FORMATS, DataSource, Recipe
 
 KEEP = (OK, TRUNCATED, SPLIT)
 
@@ -54,7 +56,8 @@ def prepare_data(recipe: Recipe, tokenizer, log: Callable[[str], None] = lambda 
     data = recipe.data
     packed = recipe.packing_enabled()
     pairs = recipe.task in ALIGN_TASKS
-    needs_template = any((s.format or data.format) in ("chat", "instruction") for s in _all_sources(recipe))
+    needs_template = any((s.format or data.format) in ("chat", "instruction", "image_instruction", "image_chat")
+                         for s in _all_sources(recipe))  # fmt: skip
     if pairs:  # preference pairs use a chat template when there is one, else raw text
         needs_template = bool(data.template or getattr(tokenizer, "chat_template", None))
     template = resolve_template(data.template, tokenizer) if needs_template else None
@@ -65,6 +68,7 @@ def prepare_data(recipe: Recipe, tokenizer, log: Callable[[str], None] = lambda 
             "packed": packed,
             "pair_lengths": [recipe.max_prompt_length(), recipe.align.max_completion_length] if pairs else None,
             "template": template,
+            "caption_prompt": recipe.multimodal.caption_prompt if recipe.multimodal else None,
             "tokenizer": tokenizer_fingerprint(tokenizer),
             "files": [source_fingerprint(s.path) for s in _all_sources(recipe)],
         }
@@ -147,13 +151,16 @@ def _tokenize_source(recipe: Recipe, src: DataSource, key: str, tokenizer, templ
         tokenize = PairTokenizer(tokenizer, columns, template, data.max_length, recipe.max_prompt_length(),
                                  data.overlong, recipe.align.max_completion_length)  # fmt: skip
     else:
-        tokenize = RowTokenizer(tokenizer, fmt, columns, template, data.train_on, data.max_length, data.overlong)
+        images = _image_rows(recipe, src, tokenizer) if fmt in IMAGE_FORMATS else None
+        tokenize = RowTokenizer(tokenizer, fmt, columns, template, data.train_on, data.max_length, data.overlong,
+                                images)  # fmt: skip
     num_proc = data.num_proc if data.num_proc and data.num_proc > 1 else None
     out = ds.map(tokenize, batched=True, batch_size=256, remove_columns=ds.column_names, num_proc=num_proc)
     statuses = out["status"]
     counts = Counter(statuses)
     if counts[BAD]:
-        first = next(i for i, s in enumerate(statuses) if s == BAD)
+        rows = out[ROW]  # rows were shuffled: report the first bad one in file order
+        first = min((i for i, s in enumerate(statuses) if s == BAD), key=rows.__getitem__)
         if data.on_bad_rows == "error":
             raise DataError(
                 f"{out[first]['error']} (set data.on_bad_rows: skip to skip such rows)",
@@ -171,7 +178,7 @@ def _tokenize_source(recipe: Recipe, src: DataSource, key: str, tokenizer, templ
                             field=columns.get("margin", "margin"))  # fmt: skip
         out = out.select_columns([*PAIR_COLUMNS, *(["margin"] if has_margin else [])])
     else:
-        out = out.select_columns(["input_ids", "labels"])
+        out = out.select_columns(["input_ids", "labels", *(["image"] if fmt in IMAGE_FORMATS else [])])
     return out, {
         "rows_read": rows_read,
         "rows_used": len(ds),
@@ -182,6 +189,13 @@ def _tokenize_source(recipe: Recipe, src: DataSource, key: str, tokenizer, templ
         "dropped_no_labels": counts[DROPPED_NO_LABELS],
         "bad_skipped": counts[BAD],
     }
+
+
+def _image_rows(recipe: Recipe, src: DataSource, tokenizer) -> ImageRows:
+    local = Path(src.path)
+    image_dir = src.image_dir or (str(local.parent if local.is_file() else local) if local.exists() else None)
+    begin = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    return ImageRows(image_dir, recipe.data.allow_images_outside, begin, recipe.multimodal.caption_prompt)
 
 
 def _pack(ds, max_length: int, seed: int):

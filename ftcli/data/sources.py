@@ -1,4 +1,5 @@
-"""Read one recipe data source (local file/folder or hub dataset) into a `datasets.Dataset`."""
+"""Read one recipe data source (local file/folder, COCO-captions annotation file, or hub dataset) into a
+`datasets.Dataset`."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+from ftcli.data.images import coco_rows
 from ftcli.errors import DataError
 from ftcli.recipe.schema import DataSource
 
@@ -18,7 +20,10 @@ def load_source(src: DataSource, key: str):
     import datasets
 
     path = Path(src.path)
-    if path.exists():
+    coco = coco_rows(path) if path.is_file() else None
+    if coco is not None:
+        ds = datasets.Dataset.from_list(coco)
+    elif path.exists():
         files = _local_files(path, key)
         builder = BUILDERS[files[0].suffix]
         library_logs = logging.getLogger("datasets")

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ftcli.data.formats import BadRow, canonical_row
+from ftcli.data.images import ImageRows
 from ftcli.data.templates import render_chat
 
 IGNORE = -100
@@ -29,15 +30,21 @@ class RowTokenizer:
     train_on: str  # completion | all
     max_length: int
     overlong: str  # truncate | drop
+    images: ImageRows | None = None  # image formats (task: caption): rows also carry their image's path
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         names = list(batch)
         rows = [dict(zip(names, values)) for values in zip(*batch.values())]
         out: dict[str, list] = {k: [] for k in ("input_ids", "labels", "status", "raw_length", "__row", "error")}
+        if self.images:
+            out["image"] = []
         canon, errors = [], []
         for row in rows:
             try:
-                canon.append(canonical_row(self.fmt, row, self.columns))
+                c = canonical_row(self.fmt, row, self.columns)
+                if self.images:
+                    c = self._with_image(c)
+                canon.append(c)
                 errors.append(None)
             except BadRow as bad:
                 canon.append(None)
@@ -52,11 +59,21 @@ class RowTokenizer:
                 self._emit(out, row, [], [], BAD, 0, error)
                 continue
             for ids, labels, status, raw in pieces:
-                self._emit(out, row, ids, labels, status, raw, None)
+                self._emit(out, row, ids, labels, status, raw, None, c.get("image"))
         return out
 
+    def _with_image(self, c: dict) -> dict:
+        c["image"] = self.images.resolve(c["image"], c.pop("image_column"))
+        if "messages" in c:
+            c["messages"] = self.images.strip_placeholder(c["messages"])
+        else:
+            c["prompt"] = self.images.caption_prompt
+        return c
+
     @staticmethod
-    def _emit(out, row, ids, labels, status, raw, error):
+    def _emit(out, row, ids, labels, status, raw, error, image=None):
+        if "image" in out:
+            out["image"].append(image or "")
         out["input_ids"].append(ids)
         out["labels"].append(labels)
         out["status"].append(status)
@@ -69,7 +86,7 @@ class RowTokenizer:
     def _encode(self, canon: list[dict]) -> list:
         if self.fmt == "text":
             return self._encode_text(canon)
-        if self.fmt == "completion":
+        if self.fmt in ("completion", "caption"):
             return self._encode_completion(canon)
         return self._encode_chat(canon)
 
@@ -100,7 +117,7 @@ class RowTokenizer:
             c = c + [tok.eos_token_id]
             ids = p + c
             labels = ids if self.train_on == "all" else [IGNORE] * len(p) + c
-            results.append(self._fit(ids, labels))
+            results.append(self._fit(*self._begin(ids, labels)))
         return results
 
     def _encode_chat(self, canon: list[dict]) -> list:
@@ -133,7 +150,7 @@ class RowTokenizer:
                 span_ids = [t for t, o in zip(ids, offsets) if o[0] >= start]
                 if not any(t in special for t in span_ids):
                     ids, labels = ids + [self.tokenizer.eos_token_id], labels + [self.tokenizer.eos_token_id]
-            results.append(self._fit(ids, labels))
+            results.append(self._fit(*self._begin(ids, labels)))
         return results
 
     def _render(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
@@ -156,6 +173,13 @@ class RowTokenizer:
 
     def _apply(self, messages: list[dict], add_generation_prompt: bool) -> str:
         return render_chat(self.tokenizer, self.template, messages, add_generation_prompt)
+
+    def _begin(self, ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
+        """Image rows: text after the image starts with a begin token, so generation always has one to start from
+        (the image tokens themselves attend bidirectionally and cannot be extended causally)."""
+        if self.images and (not ids or ids[0] != self.images.begin_id):
+            return [self.images.begin_id, *ids], [IGNORE, *labels]
+        return ids, labels
 
     def _fit(self, ids: list[int], labels: list[int]) -> list[tuple]:
         raw = len(ids)

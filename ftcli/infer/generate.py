@@ -14,16 +14,7 @@ def generate(model, tokenizer, items: list[Item], spec: InferSpec, template: str
     import torch
 
     stops = stop_ids(tokenizer, template)
-    sampling = spec.temperature > 0
-    kwargs = dict(
-        max_new_tokens=spec.max_new_tokens,
-        do_sample=sampling,
-        num_return_sequences=spec.num_return_sequences,
-        repetition_penalty=spec.repetition_penalty,
-        eos_token_id=stops,
-        pad_token_id=tokenizer.pad_token_id,
-        **({"temperature": spec.temperature, "top_p": spec.top_p, "top_k": spec.top_k or None} if sampling else {}),
-    )
+    kwargs = generation_kwargs(spec, tokenizer, stops)
     torch.manual_seed(spec.seed)
     encoded = [prompt_ids(tokenizer, template, item.fields) for item in items]
     for start in range(0, len(items), spec.batch_size):
@@ -36,18 +27,35 @@ def generate(model, tokenizer, items: list[Item], spec: InferSpec, template: str
         with torch.no_grad():
             out = model.generate(input_ids=input_ids, attention_mask=mask, streamer=stream, **kwargs)
         seconds = time.perf_counter() - began
-        new = out[:, width:].tolist()
-        for row, ids in enumerate(new):
-            item = items[start + row // spec.num_return_sequences]
-            end = next((i for i, t in enumerate(ids) if t in stops), None)
-            kept = ids if end is None else ids[:end]
-            kept = [t for t in kept if t != pad]
-            yield {
-                "index": item.index,
-                "input": item.fields.get("prompt", item.fields.get("messages")),
-                "output": tokenizer.decode(kept, skip_special_tokens=True),
-                "prompt_tokens": len(batch[row // spec.num_return_sequences]),
-                "completion_tokens": len(kept) + (end is not None),
-                "finish_reason": "stop" if end is not None else "length",
-                "batch_seconds": round(seconds, 4),
-            }
+        for row, ids in enumerate(out[:, width:].tolist()):
+            n = row // spec.num_return_sequences
+            yield result(items[start + n], ids, tokenizer, stops, len(batch[n]), seconds)
+
+
+def generation_kwargs(spec: InferSpec, tokenizer, stops: list[int]) -> dict:
+    sampling = spec.temperature > 0
+    return dict(
+        max_new_tokens=spec.max_new_tokens,
+        do_sample=sampling,
+        num_return_sequences=spec.num_return_sequences,
+        repetition_penalty=spec.repetition_penalty,
+        eos_token_id=stops,
+        pad_token_id=tokenizer.pad_token_id,
+        **({"temperature": spec.temperature, "top_p": spec.top_p, "top_k": spec.top_k or None} if sampling else {}),
+    )
+
+
+def result(item: Item, ids: list[int], tokenizer, stops: list[int], prompt_tokens: int, seconds: float) -> dict:
+    """One completion: cut at the first stop token, padding dropped, decoded."""
+    end = next((i for i, t in enumerate(ids) if t in stops), None)
+    kept = [t for t in (ids if end is None else ids[:end]) if t != tokenizer.pad_token_id]
+    return {
+        "index": item.index,
+        **({"image": item.fields["image"]} if "image" in item.fields else {}),
+        "input": item.fields.get("prompt", item.fields.get("messages")),
+        "output": tokenizer.decode(kept, skip_special_tokens=True),
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": len(kept) + (end is not None),
+        "finish_reason": "stop" if end is not None else "length",
+        "batch_seconds": round(seconds, 4),
+    }

@@ -15,7 +15,7 @@ from ftcli.recipe.schema import InferSpec, Recipe
 
 
 def run_infer(recipe: Recipe, prompts: list[str], input_path: str | None, as_json: bool, chat: bool,
-              split: str | None, emit: Callable[[str], None]) -> int:  # fmt: skip
+              split: str | None, emit: Callable[[str], None], images: list[str] | None = None) -> int:  # fmt: skip
     """Returns how many results were written."""
     spec: InferSpec = recipe.infer
     mode = spec.mode or ("score" if recipe.task == "reward" else "generate")
@@ -23,6 +23,10 @@ def run_infer(recipe: Recipe, prompts: list[str], input_path: str | None, as_jso
         raise UserError(f"infer.mode score needs a reward model (task: reward); this is a {recipe.task} model")
     if mode == "generate" and recipe.task == "reward":
         raise UserError("a reward model scores text, it does not generate; use infer.mode score (the default)")
+    if recipe.task == "caption":
+        return _describe(recipe, prompts, input_path, images or [], as_json, chat, mode, emit)
+    if images:
+        raise UserError(f"--image: this is a {recipe.task} model; images go to caption runs (task: caption)")
     items = [] if chat or mode == "perplexity" else read_inputs(prompts or spec.prompts, input_path or spec.input)
     if mode != "perplexity" and not chat and not items:
         raise UserError("nothing to do: give --prompt TEXT, --input FILE (or - for stdin), or infer.prompts")
@@ -63,5 +67,26 @@ def run_infer(recipe: Recipe, prompts: list[str], input_path: str | None, as_jso
         line = json.dumps(result, ensure_ascii=False) if as_json else text(result)
         if line or not streamer:
             emit(line)
+        count += 1
+    return count
+
+
+def _describe(recipe: Recipe, prompts, input_path, images, as_json, chat, mode, emit) -> int:
+    from ftcli.infer.describe import describe
+    from ftcli.models.multimodal import load_git_for_inference
+
+    if chat or mode != "generate":
+        raise UserError("a caption model generates from images: --chat and --mode score/perplexity do not apply")
+    items = read_inputs(prompts or recipe.infer.prompts, input_path or recipe.infer.input, images)
+    if not items:
+        raise UserError("nothing to do: give --image PATH (with --prompt for a question), or --input FILE of rows "
+                        "with an 'image' field")  # fmt: skip
+    if not recipe.model.adapter:
+        raise UserError("a caption recipe has no trained projection yet; run `ftcli infer` on its run dir")
+    model, tokenizer, processor = load_git_for_inference(recipe)
+    template = inference_template(recipe, tokenizer, recipe.infer.raw)
+    count = 0
+    for result in describe(model, tokenizer, processor, items, recipe.infer, template, recipe):
+        emit(json.dumps(result, ensure_ascii=False) if as_json else result["output"])
         count += 1
     return count

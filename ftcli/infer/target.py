@@ -23,6 +23,11 @@ def resolve_target(target: str, overrides: list[str]) -> Recipe:
                 return _model_only(str(path.resolve()), overrides)
             raise UserError(f"{target}: neither a run dir (no {RESOLVED}) nor a model dir (no config.json)")
         recipe = load_recipe(run / RESOLVED, overrides)
+        if recipe.task == "caption":  # its trained tensors are rebuilt onto the two base checkpoints
+            if not (run / "model.safetensors").exists():
+                raise UserError(f"{target}: no model.safetensors; the run may not have finished (see summary.json)")
+            recipe.model.adapter = str(run.resolve())
+            return recipe
         if path != run or recipe.method.type == "full":  # merged/ or full weights: the dir is the whole model
             if not (path / "config.json").exists():
                 raise UserError(f"{target}: no config.json; the run may not have finished (see summary.json)")

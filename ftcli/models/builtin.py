@@ -7,6 +7,7 @@ checkpoint, through plain `from_pretrained`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -39,7 +40,28 @@ BUILTINS: dict[str, tuple[str, dict, str]] = {
              initializer_range=0.1),
         "LLaMA architecture, ~3.1M parameters, the throughput benchmark's model",
     ),
+    # The GIT family (task: caption): OPT ties its head to the input embeddings as opt-350m does; MPT uses ALiBi
+    # and a boolean attention mask, so all three mask conventions are exercised.
+    "tiny-opt": (
+        "opt",
+        dict(hidden_size=128, word_embed_proj_dim=128, ffn_dim=256, num_hidden_layers=2, num_attention_heads=4,
+             max_position_embeddings=1024, tie_word_embeddings=True, init_std=0.1),
+        "OPT architecture (tied head), ~430K parameters, byte-level tokenizer",
+    ),
+    "tiny-mpt": (
+        "mpt",
+        dict(d_model=128, n_heads=4, n_layers=2, expansion_ratio=2, max_seq_len=1024, initializer_range=0.1,
+             tie_word_embeddings=False),
+        "MPT architecture (ALiBi), ~460K parameters, byte-level tokenizer",
+    ),
+    "tiny-clip": (
+        "clip_vision_model",
+        dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+             patch_size=8),
+        "CLIP ViT vision encoder, 32x32 images in 16 patches, ~81K parameters (multimodal.vision_model)",
+    ),
 }  # fmt: skip
+VISION = {"clip_vision_model"}
 
 
 def cache_root() -> Path:
@@ -90,24 +112,39 @@ def build_byte_tokenizer():
 
 def _materialize(short: str, out: Path) -> None:
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationConfig
 
     arch, kwargs, _ = BUILTINS[short]
+    if arch in VISION:
+        from transformers import CLIPImageProcessorPil
+
+        size = kwargs["image_size"]
+        with _seeded(torch):
+            AutoModel.from_config(AutoConfig.for_model(arch, **kwargs), dtype=torch.float32).save_pretrained(out)
+        CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(out)
+        return
     tokenizer = build_byte_tokenizer()
     ids = tokenizer.convert_tokens_to_ids
     config = AutoConfig.for_model(
         arch, vocab_size=len(tokenizer), bos_token_id=None, eos_token_id=ids(EOS), pad_token_id=ids(PAD), **kwargs
     )
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(0)
-    try:
+    with _seeded(torch):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    finally:
-        torch.random.set_rng_state(generator_state)
     # A chat model stops at the end of its turn as well as at end-of-text.
     model.generation_config = GenerationConfig(eos_token_id=[ids(EOS), ids(IM_END)], pad_token_id=ids(PAD))
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+
+
+@contextlib.contextmanager
+def _seeded(torch):
+    """Fixed weights without disturbing the caller's random state."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    try:
+        yield
+    finally:
+        torch.random.set_rng_state(state)
 
 
 def _bytes_to_unicode() -> dict[int, str]:

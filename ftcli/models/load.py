@@ -75,15 +75,18 @@ def quantization_config(recipe: Recipe):
 
 def load_base_model(recipe: Recipe, device_map=None):
     """The base model, quantized for QLoRA, in the recipe's dtype: a causal LM, or for `task: reward` the same
-    checkpoint with a one-output sequence-classification head (new, seeded) on top."""
+    checkpoint with a one-output sequence-classification head (new, seeded) on top. Pickle weights are refused
+    unless model.allow_pickle (see refuse_pickle)."""
     import transformers
 
     spec = recipe.model
+    refuse_pickle(spec)
     kwargs = dict(
         revision=spec.revision,
         trust_remote_code=spec.trust_remote_code,
         dtype=compute_dtype(recipe),
         quantization_config=quantization_config(recipe),
+        use_safetensors=None if spec.allow_pickle else True,  # None: safetensors first, else pickle
     )
     if spec.attn_implementation:
         kwargs["attn_implementation"] = spec.attn_implementation
@@ -111,8 +114,65 @@ def load_base_model(recipe: Recipe, device_map=None):
         raise _load_error(spec, exc) from None
 
 
+# Pickle files run code when they are unpickled; safetensors files are plain tensors.
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# the Trainer's own state beside the weights of a checkpoint, not weights
+_TRAINER_STATE = ("training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state")
+_PICKLE_ADVICE = (
+    "pickle can run code when loaded: convert the weights to safetensors, or set model.allow_pickle: true "
+    "if you trust this checkpoint"
+)
+# what from_pretrained(use_safetensors=True) says when there is no safetensors file (hub, local dir)
+_NO_SAFETENSORS = ("cannot be loaded with `safetensors`", "Error no file named model.safetensors")
+
+
+def refuse_pickle(spec: ModelSpec) -> None:
+    """Refuse a base or model.adapter whose weights are pickle only, unless model.allow_pickle. For the base,
+    from_pretrained(use_safetensors=True) enforces this anyway (this is the clear message for a local dir); peft
+    has no such switch and falls back to adapter_model.bin, so adapters are checked here, before any loading."""
+    if spec.allow_pickle:
+        return
+    for key, source in (("model.name", model_source(spec)), ("model.adapter", spec.adapter)):
+        if not source:
+            continue
+        found = _pickle_only(Path(source)) if Path(source).is_dir() else None
+        if found is None and key == "model.adapter" and not Path(source).exists():
+            found = _hub_adapter_pickle_only(source)
+        if found:
+            raise RecipeError(f"{source} holds only pickle weights ({found}); {_PICKLE_ADVICE}", key=key)
+
+
+def _pickle_only(path: Path) -> str | None:
+    """The first pickle weights file of a dir without safetensors, else None."""
+    names = sorted(f.name for f in path.iterdir() if f.is_file())
+    if any(n.endswith(".safetensors") for n in names):
+        return None
+    return next((n for n in names if n.endswith(_PICKLE_SUFFIXES) and not n.startswith(_TRAINER_STATE)), None)
+
+
+def _hub_adapter_pickle_only(repo: str) -> str | None:
+    """'adapter_model.bin' when a hub adapter has no adapter_model.safetensors (peft would load the .bin). Any other
+    failure (no such repo, offline with nothing cached) is left for peft to report."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    try:
+        hf_hub_download(repo, "adapter_model.safetensors")
+        return None
+    except LocalEntryNotFoundError:  # offline: peft would take a cached .bin
+        cached = try_to_load_from_cache(repo, "adapter_model.bin")
+        return "adapter_model.bin" if isinstance(cached, str) else None
+    except EntryNotFoundError:  # the repo exists without it
+        return "adapter_model.bin"
+    except Exception:  # peft tells the user what is wrong with the repo
+        return None
+
+
 def _load_error(spec: ModelSpec, exc: Exception) -> UserError:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if not spec.allow_pickle and any(m in text for m in _NO_SAFETENSORS):
+        return RecipeError(f"{spec.name} has no safetensors weights (pickle ones are refused); {_PICKLE_ADVICE}",
+                           key="model.name")  # fmt: skip
     if "gated" in text.lower() or "401" in text or "403" in text:
         return RecipeError(
             f"{spec.name} is gated: request access on its hub page, then `hf auth login` ({text})", key="model.name"

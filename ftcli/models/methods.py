@@ -33,7 +33,7 @@ def apply_method(model, recipe: Recipe, tokenizer_source: str | None = None, gra
             r=method.r,
             lora_alpha=method.alpha,
             lora_dropout=method.dropout,
-            target_modules=_check_targets(model, method.target_modules),
+            target_modules=_check_targets(model, method.target_modules or "all-linear"),
             bias=method.bias,
             modules_to_save=modules_to_save or None,
             use_dora=method.use_dora,
@@ -106,9 +106,13 @@ def parameter_counts(model) -> tuple[int, int]:
     """(total, trainable) parameter counts; 4-bit weights count as their logical (unpacked) size."""
     total = trainable = 0
     for param in model.parameters():
-        quant_state = getattr(param, "quant_state", None)  # bitsandbytes 4-bit weights are stored packed
-        n = quant_state.shape.numel() if quant_state is not None else param.numel()
+        n = logical_numel(param)
         total += n
         if param.requires_grad:
             trainable += n
     return total, trainable
+
+
+def logical_numel(param) -> int:
+    quant_state = getattr(param, "quant_state", None)  # bitsandbytes 4-bit weights are stored packed
+    return quant_state.shape.numel() if quant_state is not None else param.numel()

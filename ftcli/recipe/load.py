@@ -374,12 +374,21 @@ def _resolve_local_paths(recipe: Recipe, base: Path, origins: Origins) -> None:
             path = ("data", group, i, "path")
             raise RecipeError(f"file not found: {src.path} (looked next to the recipe and in the working dir)",
                               key=_dotted(path), where=origins.find(path))  # fmt: skip
-    for key in ("name", "adapter"):
-        value = getattr(recipe.model, key)
+        if src.image_dir is not None:
+            path = ("data", group, i, "image_dir")
+            found = _resolve_local_path(src.image_dir, base_of(path))
+            if not found or not Path(found).is_dir():
+                raise RecipeError(f"image folder not found: {src.image_dir} (looked next to the recipe and in the "
+                                  "working dir)", key=_dotted(path), where=origins.find(path))  # fmt: skip
+            src.image_dir = found
+    models = [(("model", key), recipe.model, key) for key in ("name", "adapter")]
+    if recipe.multimodal is not None:
+        models.append((("multimodal", "vision_model"), recipe.multimodal, "vision_model"))
+    for path, spec, key in models:
+        value = getattr(spec, key)
         if value and not value.startswith("builtin:"):
-            found = _resolve_local_path(value, base_of(("model", key)))
+            found = _resolve_local_path(value, base_of(path))
             if found:
-                setattr(recipe.model, key, found)
+                setattr(spec, key, found)
             elif _looks_local(value):
-                path = ("model", key)
                 raise RecipeError(f"path not found: {value}", key=_dotted(path), where=origins.find(path))

@@ -11,7 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 Task = Literal["pretrain", "sft", "dpo", "reward", "kto", "orpo", "simpo", "caption"]
 ALIGN_TASKS = ("dpo", "reward", "kto", "orpo", "simpo")
-Format = Literal["text", "instruction", "chat", "completion", "preference"]
+Format = Literal[
+    "text", "instruction", "chat", "completion", "preference", "caption", "image_instruction", "image_chat"
+]
+IMAGE_FORMATS = ("caption", "image_instruction", "image_chat")
 
 # The columns each format reads, with the names used when `columns:` does not map them.
 FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -20,13 +23,16 @@ FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
     "chat": ("messages", "role", "content"),
     "completion": ("prompt", "completion"),
     "preference": ("prompt", "chosen", "rejected", "margin"),
+    "caption": ("image", "caption"),
+    "image_instruction": ("image", "instruction", "input", "output", "system"),
+    "image_chat": ("image", "messages", "role", "content"),  # LLaVA's conversations/from/value are found too
 }
 # Which formats each task can learn from.
 TASK_FORMATS: dict[str, tuple[str, ...]] = {
     "pretrain": ("text",),
     "sft": ("chat", "instruction", "completion"),
     **{task: ("preference",) for task in ALIGN_TASKS},
-    "caption": (),
+    "caption": IMAGE_FORMATS,
 }
 # The command that runs each task.
 TASK_COMMAND = {"pretrain": "train", "sft": "train", "caption": "train", **{task: "align" for task in ALIGN_TASKS}}
@@ -57,14 +63,18 @@ class ModelSpec(Strict):
         None, description="attention kernel; None = transformers' default (sdpa)"
     )
     adapter: str | None = Field(None, description="a PEFT adapter (or run dir) to load and continue training")
+    allow_pickle: bool = Field(
+        False, description="load .bin/.pt (pickle) weights; pickle can run code — only for checkpoints you trust"
+    )
 
 
 class LoraFields(Strict):
     r: int = Field(8, gt=0, description="LoRA rank")
     alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
     dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA path")
-    target_modules: Literal["all-linear"] | list[str] = Field(
-        "all-linear", description="module name suffixes to adapt, or all-linear"
+    target_modules: Literal["all-linear"] | list[str] | None = Field(
+        None, description="module name suffixes to adapt, or all-linear; None = all-linear (task caption: the LM's "
+        "attention q/k/v)"
     )
     bias: Literal["none", "all", "lora_only"] = "none"
     modules_to_save: list[str] = Field(default_factory=list, description="extra modules trained in full and saved")
@@ -124,6 +134,8 @@ class DataSource(Strict):
     revision: str | None = Field(None, description="hub dataset revision")
     max_samples: int | None = Field(None, gt=0, description="take at most this many rows (after shuffling)")
     weight: float | None = Field(None, gt=0, description="row multiplier when mixing: 0.5 = half, 2 = twice")
+    image_dir: str | None = Field(None, description="image formats: folder image paths are relative to (and "
+                                  "confined to); default the data file's folder")
 
     @model_validator(mode="before")
     @classmethod
@@ -132,7 +144,8 @@ class DataSource(Strict):
 
 
 class DataSpec(Strict):
-    format: Format = Field("chat", description="row layout: text, instruction, chat, completion, preference")
+    format: Format = Field("chat", description="row layout: text, instruction, chat, completion, preference; "
+                           "caption, image_instruction, image_chat (task: caption)")
     columns: dict[str, str] = Field(default_factory=dict, description="map ftcli's column names to the dataset's")
     sources: list[DataSource] = Field(min_length=1)
     eval_sources: list[DataSource] = Field(default_factory=list, description="held-out data")
@@ -143,7 +156,10 @@ class DataSpec(Strict):
     train_on: Literal["completion", "all"] = Field("completion", description="which tokens carry the loss")
     max_length: int = Field(1024, ge=8, description="tokens per row (per packed row when packing)")
     overlong: Literal["truncate", "drop"] = Field("truncate", description="what to do with rows over max_length")
-    on_bad_rows: Literal["error", "skip"] = "error"
+    on_bad_rows: Literal["error", "skip"] = Field("error", description="error (stop, naming file and row) or skip "
+                                                  "(and count) bad rows, missing or unreadable images included")
+    allow_images_outside: bool = Field(False, description="let image paths leave their source's image_dir "
+                                       "(absolute paths, ..)")
     packing: bool | None = Field(
         None, description="pack rows into max_length blocks without cross-row attention; None = on where possible"
     )
@@ -257,6 +273,22 @@ class InferSpec(Strict):
     raw: bool = Field(False, description="send prompts as they are, without the chat template")
 
 
+class MultimodalSpec(Strict):
+    """`task: caption`: a GIT vision-language model (vision encoder -> GIT projection -> model.name's causal LM)."""
+
+    vision_model: str = Field(description="vision encoder: hub id (openai/clip-vit-base-patch16), local dir, or "
+                              "builtin:tiny-clip")
+    vision_revision: str | None = Field(None, description="hub branch, tag or commit of the vision model")
+    keys_to_finetune: list[str] = Field(
+        default_factory=list, description="besides the projection (always trained) and any LoRA: train parameters "
+        "whose name contains one: vision. (ViT), lm. (whole LM), lm_head, lm.model.layers.11., ..."
+    )
+    keys_to_freeze: list[str] = Field(default_factory=list, description="freeze parameters whose name contains one")
+    vision_lora: bool = Field(False, description="lora/qlora: adapt the vision encoder's attention q/k/v too")
+    caption_prompt: str = Field("", description="text before every caption (e.g. 'a photo of'); image instruction "
+                                "and chat rows use the chat template instead")
+
+
 class OutputSpec(Strict):
     dir: str | None = Field(None, description="run directory; default runs/<recipe file name>")
     merge: bool = Field(False, description="also write adapter-merged full weights to <dir>/merged")
@@ -305,13 +337,14 @@ class LaunchSpec(Strict):
 class Recipe(Strict):
     description: str | None = Field(None, description="one line shown by `ftcli recipes`")
     task: Task = Field(
-        "sft", description="pretrain, sft (ftcli train); dpo, reward, kto, orpo, simpo (ftcli align); caption"
+        "sft", description="pretrain, sft, caption (ftcli train); dpo, reward, kto, orpo, simpo (ftcli align)"
     )
     model: ModelSpec
     method: Method = Field(default_factory=FullMethod)
     data: DataSpec
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     align: AlignSpec = Field(default_factory=AlignSpec)
+    multimodal: MultimodalSpec | None = Field(None, description="task: caption only")
     infer: InferSpec = Field(default_factory=InferSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
     launch: LaunchSpec = Field(default_factory=LaunchSpec)
@@ -335,12 +368,17 @@ class Recipe(Strict):
     def _check_combinations(self) -> Recipe:
         for src in [*self.data.sources, *self.data.eval_sources]:
             fmt = src.format or self.data.format
-            if self.task != "caption" and fmt not in TASK_FORMATS[self.task]:
+            if fmt not in TASK_FORMATS[self.task]:
+                hint = "; image data trains with task: caption" if fmt in IMAGE_FORMATS else ""
                 raise ValueError(
                     f"data.format: task {self.task} cannot learn from {fmt} rows "
-                    f"(it takes {', '.join(TASK_FORMATS[self.task]) or 'image data'})"
+                    f"(it takes {', '.join(TASK_FORMATS[self.task])}){hint}"
                 )
         kind = self.method.type
+        if self.task == "caption":
+            self._check_caption()
+        elif self.multimodal is not None:
+            raise ValueError("multimodal: only task: caption reads it; set task: caption or remove the block")
         if kind in ("prefix", "prompt") and self.data.packing:
             raise ValueError(
                 f"data.packing: {kind} tuning prepends virtual tokens to each row, so packed rows would share one "
@@ -363,6 +401,22 @@ class Recipe(Strict):
         if self.data.eval_sources and self.data.eval_fraction:
             raise ValueError("data.eval_fraction: set either eval_fraction or eval_sources, not both")
         return self
+
+    def _check_caption(self) -> None:
+        if self.multimodal is None:
+            raise ValueError("multimodal.vision_model: task caption needs a vision encoder, e.g. "
+                             "multimodal: {vision_model: openai/clip-vit-base-patch16}")  # fmt: skip
+        kind = self.method.type
+        if kind not in ("full", "lora", "qlora"):
+            raise ValueError(f"method.type: task caption trains with full, lora or qlora, not {kind}")
+        if kind == "full" and (self.method.keys_to_finetune or self.method.keys_to_freeze):
+            raise ValueError("method.keys_to_finetune: for task caption the parts are chosen by "
+                             "multimodal.keys_to_finetune / keys_to_freeze")  # fmt: skip
+        if self.data.packing:
+            raise ValueError("data.packing: each caption row carries its own image; packing applies to text tasks")
+        if (self.model.attn_implementation or "").startswith("flash"):
+            raise ValueError("model.attn_implementation: the GIT mask is a custom 4D mask, which flash attention "
+                             "cannot take; use sdpa or eager")  # fmt: skip
 
     def packing_enabled(self) -> bool:
         if self.data.packing is not None:

@@ -19,7 +19,7 @@ from ftcli.models.methods import apply_method, parameter_counts
 from ftcli.models.save import save_model_outputs
 from ftcli.recipe.schema import BNB_OPTIMIZERS, Recipe
 from ftcli.run_dir import freeze_recipe, newest_checkpoint, open_run_dir, run_dir_of
-from ftcli.tasks.guards import Stopped, make_guards
+from ftcli.tasks.guards import Stopped, atomic_checkpoints, make_guards
 
 
 def run_task(recipe: Recipe, train: Callable[[Recipe, Path, bool], dict], overwrite=False, resume=False) -> dict:
@@ -68,8 +68,19 @@ class Setup:
         # Seed before any weight is created (score heads, LoRA A, soft prompts), so one process and N workers
         # start from identical weights however much randomness data preparation used.
         transformers.set_seed(recipe.training.seed)
+        self.model = self.build_model(tokens_per_step)
+        training_config(self.model)
+        self.total, self.trainable = parameter_counts(self.model)
+        if self.trainable == 0:
+            raise RecipeError("no parameter is trainable; check method.keys_to_finetune / keys_to_freeze", key="method")
+        self.has_eval = self.data.eval is not None and len(self.data.eval) > 0
+        self.precision = precision(recipe)
+        self.learning_rate = recipe.training.default_learning_rate(recipe.method.type, recipe.task)
+
+    def build_model(self, tokens_per_step: int):
+        """The base model with the recipe's method applied; sets the gradient checkpointing choice."""
+        recipe = self.recipe
         model = load_base_model(recipe)
-        training_config(model)
         if recipe.task == "reward" and model.config.pad_token_id is None:
             model.config.pad_token_id = self.tokenizer.pad_token_id  # the score is read at the last non-pad token
         if recipe.method.type == "prefix":  # its learned prefix lives in the KV cache, which checkpointing cannot replay
@@ -77,13 +88,14 @@ class Setup:
         else:
             setting = recipe.training.gradient_checkpointing
             self.checkpointing, self.checkpointing_why = choose_gradient_checkpointing(setting, model, tokens_per_step)
-        self.model = apply_method(model, recipe, model_source(recipe.model), self.checkpointing)
-        self.total, self.trainable = parameter_counts(self.model)
-        if self.trainable == 0:
-            raise RecipeError("no parameter is trainable; check method.keys_to_finetune / keys_to_freeze", key="method")
-        self.has_eval = self.data.eval is not None and len(self.data.eval) > 0
-        self.precision = precision(recipe)
-        self.learning_rate = recipe.training.default_learning_rate(recipe.method.type, recipe.task)
+        return apply_method(model, recipe, model_source(recipe.model), self.checkpointing)
+
+    def plan_rows(self) -> list[tuple[str, str]]:
+        """Task-specific rows for the plan table."""
+        return []
+
+    def save_outputs(self, model, out: Path, weights: bool) -> dict:
+        return save_model_outputs(model, self.tokenizer, self.recipe, out, weights=weights)
 
 
 def training_args(config_cls, recipe: Recipe, out: Path, setup: Setup, **extra):
@@ -127,6 +139,29 @@ def training_args(config_cls, recipe: Recipe, out: Path, setup: Setup, **extra):
     )
 
 
+def make_trainer(trainer_cls, setup: Setup, args, train_collator, eval_collator, callback):
+    """A `trainer_cls` on the setup's model and data whose eval batches go through their own collator, so the
+    train collator's token counts (tokens/s, padding fraction) stay train-only."""
+
+    class Trainer(trainer_cls):
+        def get_eval_dataloader(self, eval_dataset=None):
+            self.data_collator = eval_collator
+            try:
+                return super().get_eval_dataloader(eval_dataset)
+            finally:
+                self.data_collator = train_collator
+
+    return Trainer(
+        model=setup.model,
+        args=args,
+        data_collator=train_collator,
+        train_dataset=setup.data.train,
+        eval_dataset=setup.data.eval if setup.has_eval else None,
+        processing_class=setup.tokenizer,
+        callbacks=[callback],
+    )
+
+
 def train_and_save(trainer, setup: Setup, out: Path, resume: bool, callback, on_done=None) -> dict:
     """Plan table, train (from the newest checkpoint with --resume), final eval, outputs, loss.png; the summary
     fields every task reports."""
@@ -138,6 +173,7 @@ def train_and_save(trainer, setup: Setup, out: Path, resume: bool, callback, on_
         _adapter_to_compute_dtype(trainer.model, recipe)
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts to stdout, which is for results
     trainer.add_callback(make_guards())
+    atomic_checkpoints(trainer)  # a save killed midway leaves no checkpoint-N
     _print_plan(setup, trainer)
     checkpoint = newest_checkpoint(out) if resume else None
     with _quantized_training_guard(recipe, trainer.model):
@@ -150,7 +186,7 @@ def train_and_save(trainer, setup: Setup, out: Path, resume: bool, callback, on_
         trainer.save_model(str(out))
     saved = {}
     if dispatch.is_main_process():
-        saved = save_model_outputs(trainer.model, setup.tokenizer, recipe, out, weights=not dispatch.in_worker())
+        saved = setup.save_outputs(trainer.model, out, weights=not dispatch.in_worker())
     if on_done is not None:
         on_done(trainer.model, setup.tokenizer)
     if dispatch.is_main_process():
@@ -264,6 +300,7 @@ def _print_plan(setup: Setup, trainer) -> None:
                  + (" (packed)" if data.packed else "")
                  + (f", {len(data.eval)} eval" if data.eval is not None else "")
                  + f", {report.human(data.stats['train']['tokens'])} tokens"),
+        *setup.plan_rows(),
         ("steps", f"{trainer.state.max_steps or _planned_steps(trainer)} (effective batch {effective})"),
         ("learning rate", f"{setup.learning_rate:g} ({t.lr_scheduler})"),
         ("precision", setup.precision),

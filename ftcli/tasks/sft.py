@@ -9,7 +9,7 @@ from pathlib import Path
 from ftcli import report
 from ftcli.data.collate import PackedCollator, PaddedCollator
 from ftcli.recipe.schema import Recipe
-from ftcli.tasks.runner import Setup, run_task, train_and_save, training_args
+from ftcli.tasks.runner import Setup, make_trainer, run_task, train_and_save, training_args
 
 
 def run(recipe: Recipe, overwrite: bool = False, resume: bool = False, on_done=None) -> dict:
@@ -18,7 +18,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: bool = False, on_done=N
 
 
 def _train(recipe: Recipe, out: Path, resume: bool, on_done=None) -> dict:
-    from trl import SFTConfig
+    from trl import SFTConfig, SFTTrainer
 
     setup = Setup(recipe, tokens_per_step=recipe.training.batch_size * recipe.data.max_length)
     collator_cls = PackedCollator if setup.data.packed else PaddedCollator
@@ -32,16 +32,7 @@ def _train(recipe: Recipe, out: Path, resume: bool, on_done=None) -> dict:
         packing=False,  # already packed, without cross-row attention, by ftcli's data layer
     )  # fmt: skip
     callback = report.make_callback(out, train_collator)
-    trainer = _build_trainer(
-        eval_collator,
-        model=setup.model,
-        args=args,
-        data_collator=train_collator,
-        train_dataset=setup.data.train,
-        eval_dataset=setup.data.eval if setup.has_eval else None,
-        processing_class=setup.tokenizer,
-        callbacks=[callback],
-    )
+    trainer = make_trainer(SFTTrainer, setup, args, train_collator, eval_collator, callback)
     summary = train_and_save(trainer, setup, out, resume, callback, on_done)
     real, padded = train_collator.real_tokens, train_collator.padded_tokens
     seconds = summary["train_seconds"]
@@ -53,18 +44,3 @@ def _train(recipe: Recipe, out: Path, resume: bool, on_done=None) -> dict:
     )
     return summary
 
-
-def _build_trainer(eval_collator, **kwargs):
-    """An SFTTrainer whose eval batches go through their own collator, so token counts stay train-only."""
-    from trl import SFTTrainer
-
-    class Trainer(SFTTrainer):
-        def get_eval_dataloader(self, eval_dataset=None):
-            train_collator = self.data_collator
-            self.data_collator = eval_collator
-            try:
-                return super().get_eval_dataloader(eval_dataset)
-            finally:
-                self.data_collator = train_collator
-
-    return Trainer(**kwargs)

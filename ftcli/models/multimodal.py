@@ -1,0 +1,238 @@
+"""A recipe's GIT model (`task: caption`): the vision encoder and the causal LM (4-bit for QLoRA) joined by a new
+projection, LoRA where the method asks for it, the trainable parts chosen by parameter name, and the run's
+trained tensors saved and reloaded by name.
+
+A run dir holds only what training changed (`model.safetensors`: projection, adapters, any part trained in
+full), `git_config.json` naming the two checkpoints it builds on, the tokenizer and the image processor; the
+frozen recipe rebuilds the rest, so a 7B LM is never copied into every run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ftcli.errors import RecipeError, UserError
+from ftcli.models.builtin import builtin_path, is_builtin
+from ftcli.models.load import compute_dtype, load_base_model, load_tokenizer
+from ftcli.models.methods import logical_numel
+from ftcli.recipe.schema import Recipe
+
+TRAINED, GIT_CONFIG = "model.safetensors", "git_config.json"
+# Attention input projections across families; the default LoRA targets are whichever of these a model has.
+ATTENTION_QKV = ("q_proj", "k_proj", "v_proj", "query_key_value", "Wqkv", "c_attn", "qkv_proj", "qkv")
+PARTS = ("vision", "projection", "lm", "head", "adapters")
+
+
+def build_git(recipe: Recipe, gradient_checkpointing: bool = False, for_training: bool = True):
+    """(GitLLM, image processor) with the method applied; for inference the trainable layout is rebuilt the
+    same way so a run's saved tensors load by name."""
+    from ftcli.models.git import GitLLM
+
+    vision, processor = load_vision(recipe)
+    lm = load_base_model(recipe)
+    model = GitLLM(vision, lm)  # the projection is created here, from the seed set before
+    model.projection.to(compute_dtype(recipe))
+    _apply_lora(model, recipe, gradient_checkpointing)
+    _select_trainable(model, recipe)
+    if recipe.model.adapter:  # continue from an earlier GIT run (e.g. stage 1 projection -> stage 2 LoRA)
+        load_trained(model, Path(recipe.model.adapter), key="model.adapter")
+    if not for_training:
+        model.requires_grad_(False)
+    return model, processor
+
+
+def load_vision(recipe: Recipe):
+    """The vision tower of `multimodal.vision_model` (a whole CLIP/SigLIP checkpoint is fine: its vision part is
+    taken) and its image processor. The Pillow processors are used on purpose: they need no torchvision."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+    spec = recipe.multimodal
+    source = str(builtin_path(spec.vision_model)) if is_builtin(spec.vision_model) else spec.vision_model
+    common = {"revision": spec.vision_revision, "trust_remote_code": recipe.model.trust_remote_code}
+    try:
+        config = transformers.AutoConfig.from_pretrained(source, **common)
+        vision_type = getattr(config, "vision_config", config).model_type
+        cls = getattr(transformers, MODEL_MAPPING_NAMES.get(vision_type, ""), None)
+        if cls is None:
+            raise RecipeError(f"{spec.vision_model} is a {config.model_type} model, not a vision encoder "
+                              "(e.g. openai/clip-vit-base-patch16)", key="multimodal.vision_model")  # fmt: skip
+        pickle = None if recipe.model.allow_pickle else True  # as for the LM: safetensors only unless allowed
+        vision = cls.from_pretrained(source, dtype=compute_dtype(recipe), use_safetensors=pickle, **common)
+        processor = transformers.AutoImageProcessor.from_pretrained(source, backend="pil", **common)
+    except (OSError, ValueError) as exc:
+        raise RecipeError(f"cannot load {spec.vision_model}: {str(exc).splitlines()[0]}",
+                          key="multimodal.vision_model") from None  # fmt: skip
+    if not hasattr(vision.config, "hidden_size"):
+        raise RecipeError(f"{spec.vision_model}: its config has no hidden_size to project from",
+                          key="multimodal.vision_model")  # fmt: skip
+    return vision, processor
+
+
+def _apply_lora(model, recipe: Recipe, gradient_checkpointing: bool) -> None:
+    method = recipe.method
+    if method.type not in ("lora", "qlora"):
+        return
+    import peft
+
+    if method.type == "qlora":  # norms to fp32, input grads on: peft's recipe for training on a k-bit base
+        peft.prepare_model_for_kbit_training(model.lm, use_gradient_checkpointing=gradient_checkpointing)
+    patterns = [_target_pattern("lm", model.lm, recipe)]
+    if recipe.multimodal.vision_lora:
+        patterns.append(_target_pattern("vision", model.vision, None))
+    config = peft.LoraConfig(
+        r=method.r,
+        lora_alpha=method.alpha,
+        lora_dropout=method.dropout,
+        target_modules="|".join(f"({p})" for p in patterns),  # a regex over full module names
+        bias=method.bias,
+        use_dora=method.use_dora,
+        use_rslora=method.use_rslora,
+    )
+    peft.inject_adapter_in_model(config, model)
+
+
+def _target_pattern(prefix: str, part, recipe: Recipe | None) -> str:
+    """A regex for the modules of one part (lm or vision) that LoRA adapts: by default its attention q/k/v (the
+    GIT-LLM setting), else the recipe's `method.target_modules` ("all-linear": every linear layer but the head)."""
+    import re
+
+    import torch
+
+    head = part.get_output_embeddings() if hasattr(part, "get_output_embeddings") else None
+    # bitsandbytes' Linear4bit / Linear8bitLt are nn.Linear subclasses, so a QLoRA LM is covered too
+    linear = {n.rsplit(".", 1)[-1] for n, m in part.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}
+    wanted = recipe.method.target_modules if recipe is not None else None
+    if isinstance(wanted, list):
+        targets = wanted
+        missing = [t for t in targets if t not in linear]
+        if missing:
+            raise RecipeError(f"{missing[0]!r} names no linear layer of the LM; it has {', '.join(sorted(linear))}",
+                              key="method.target_modules")  # fmt: skip
+    elif wanted == "all-linear":
+        targets = sorted(linear)
+    else:
+        targets = [name for name in ATTENTION_QKV if name in linear]
+        if not targets:
+            key = "method.target_modules" if prefix == "lm" else "multimodal.vision_lora"
+            raise RecipeError(f"no attention q/k/v projection found in the {prefix} model; name the layers to "
+                              f"adapt (it has {', '.join(sorted(linear))})", key=key)  # fmt: skip
+    return rf"{prefix}\..*\.({'|'.join(re.escape(t) for t in targets)})"
+
+
+def _select_trainable(model, recipe: Recipe) -> None:
+    """The projection always trains (it starts random), LoRA weights train, and so does every parameter whose
+    name contains one of `multimodal.keys_to_finetune` — unless it contains one of `keys_to_freeze`."""
+    spec = recipe.multimodal
+    names = [n for n, _ in model.named_parameters(remove_duplicate=False)]  # tied weights answer to both names
+    for key_name, keys in (("multimodal.keys_to_finetune", spec.keys_to_finetune),
+                           ("multimodal.keys_to_freeze", spec.keys_to_freeze)):  # fmt: skip
+        for key in keys:
+            if not any(key in n for n in names):
+                sample = ", ".join(sorted({".".join(n.split(".")[:2]) for n in names}))
+                raise RecipeError(f"{key!r} matches no parameter; names start like: {sample}", key=key_name)
+    quantized = recipe.method.type == "qlora"
+    for name, param in model.named_parameters(remove_duplicate=False):
+        train = name.startswith("projection.") or "lora_" in name
+        train = train or any(k in name for k in spec.keys_to_finetune)
+        if any(k in name for k in spec.keys_to_freeze) and "lora_" not in name:
+            if name.startswith("projection."):
+                raise RecipeError("the projection starts random and always trains; do not freeze it",
+                                  key="multimodal.keys_to_freeze")  # fmt: skip
+            train = False
+        if train and quantized and name.startswith("lm.") and "lora_" not in name and not param.is_floating_point():
+            raise RecipeError(f"{name} is 4-bit (qlora); train the LM through LoRA, or use method lora",
+                              key="multimodal.keys_to_finetune")  # fmt: skip
+        if train:
+            param.requires_grad_(True)
+        elif param.requires_grad:
+            param.requires_grad_(False)
+
+
+def part_counts(model) -> dict[str, tuple[int, int]]:
+    """{part: (parameters, trainable)} for vision, projection, lm, head (tied heads count here) and adapters."""
+    head = model.lm.get_output_embeddings()
+    head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+    counts = {part: [0, 0] for part in PARTS}
+    for name, param in model.named_parameters():
+        part = ("adapters" if "lora_" in name else "head" if id(param) in head_ids else name.split(".", 1)[0])
+        counts[part][0] += logical_numel(param)
+        counts[part][1] += logical_numel(param) if param.requires_grad else 0
+    return {part: (total, trainable) for part, (total, trainable) in counts.items() if total}
+
+
+def save_trained(model, out: Path) -> list[str]:
+    """The trained tensors (by parameter name) as safetensors; returns their names."""
+    from safetensors.torch import save_file
+
+    tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    save_file(tensors, str(out / TRAINED), metadata={"format": "pt"})
+    return sorted(tensors)
+
+
+def load_trained(model, run: Path, key: str = "model.adapter") -> None:
+    """Load a GIT run's trained tensors into a model built from the same recipe; every tensor must find its
+    parameter with the same shape (a different LM, vision model or LoRA layout is an error, not a silent skip)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    file = run / TRAINED
+    if not file.is_file():
+        raise RecipeError(f"{run} has no {TRAINED}: not a finished caption run (see its summary.json)", key=key)
+    try:
+        tensors = load_file(str(file))
+    except (SafetensorError, OSError) as exc:
+        raise RecipeError(f"cannot read {file}: {exc}", key=key) from None
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for name, tensor in tensors.items():
+        if name not in params or params[name].shape != tensor.shape:
+            raise RecipeError(f"{file} does not fit this model ({name} "
+                              f"{'is missing' if name not in params else 'has another shape'}); it was trained "
+                              "with another LM, vision model or LoRA setting", key=key)  # fmt: skip
+    model.load_state_dict(tensors, strict=False)
+
+
+def save_git_outputs(model, tokenizer, processor, recipe: Recipe, out: Path, counts: dict) -> dict:
+    """The run dir of a caption run: trained tensors, git_config.json, tokenizer and image processor."""
+    from ftcli.models.save import save_tokenizer
+
+    names = save_trained(model, out)
+    config = {
+        "architecture": "ftcli-git",
+        "vision_model": recipe.multimodal.vision_model,
+        "language_model": recipe.model.name,
+        "image_tokens": image_token_count(model),
+        "projection": [model.projection[0].in_features, model.projection[0].out_features],
+        "mask_form": model.mask_form,
+        "method": recipe.method.type,
+        "trained_parts": {part: trainable for part, (_, trainable) in counts.items() if trainable},
+        "trained_tensors": len(names),
+    }
+    (out / GIT_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    save_tokenizer(tokenizer, out)
+    processor.save_pretrained(out)
+    if recipe.output.merge:
+        raise UserError("output.merge: a caption run is rebuilt from its two base checkpoints; there is no single "
+                        "merged model to write")  # fmt: skip
+    return {"kind": "git", "path": str(out), "tensors": len(names)}
+
+
+def load_git_for_inference(recipe: Recipe):
+    """(model, tokenizer, image processor) of the caption run dir in `model.adapter`, rebuilt from its frozen
+    recipe: both base checkpoints, the LoRA layout, then the run's trained tensors."""
+    from ftcli.models.load import inference_config
+
+    run = Path(recipe.model.adapter)
+    own = (run / "tokenizer_config.json").exists()
+    tokenizer = load_tokenizer(recipe.model, source=str(run) if own else None)
+    model, processor = build_git(recipe, for_training=False)
+    model.eval()
+    inference_config(model)
+    return model, tokenizer, processor
+
+
+def image_token_count(model) -> int:
+    config = model.vision.config
+    size, patch = getattr(config, "image_size", None), getattr(config, "patch_size", None)
+    return (size // patch) ** 2 + 1 if size and patch else -1
