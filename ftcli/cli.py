@@ -185,6 +185,44 @@ def infer(
     run_infer(loaded, prompt, input_path, as_json, chat, split, emit, image)
 
 
+@app.command(name="eval")
+def evaluate(
+    target: str = typer.Argument(..., help="a run dir, merged or model dir, recipe, hub id or builtin:NAME"),
+    overrides: list[str] | None = OverridesArg,
+    tasks: str = typer.Option(..., "--tasks", "-t", help="lm-eval task names, comma-separated"),
+    include_path: str | None = typer.Option(None, "--include-path", help="a folder of your own task YAMLs "
+                                            "(their data_files relative to it), e.g. recipes/eval"),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="at most N examples per task (a quick look)"),
+    num_fewshot: int | None = typer.Option(None, "--num-fewshot", min=0),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    compare_base: bool = typer.Option(False, "--compare-base", help="also score the run's starting model"),
+    as_json: bool = JsonOpt,
+):
+    """Run lm-evaluation-harness tasks in-process (pip install "ftcli[eval]"). The table (or --json) goes to
+    stdout; a run dir also keeps every evaluation in its eval.json."""
+    from ftcli import report
+    from ftcli.infer.evaluate import rows, run_eval
+    from ftcli.infer.target import resolve_target, starting_model
+    from ftcli.run_dir import RESOLVED
+
+    STATE["recipe"] = loaded = resolve_target(target, list(overrides or []))
+    if loaded.task in ("caption", "reward"):
+        raise UserError(f"task {loaded.task}: lm-eval's tasks score a text LM's likelihoods and generations")
+    base = starting_model(target, list(overrides or [])) if compare_base else None
+    _quiet_libraries()
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    result = run_eval(loaded, names, include_path, limit, num_fewshot, batch_size, base)
+    run = Path(target) if (Path(target) / RESOLVED).exists() else None
+    if run is not None:
+        history = run / "eval.json"
+        earlier = json.loads(history.read_text()) if history.exists() else []
+        report.write_json(history, [*earlier, {"target": str(Path(target).resolve()), **result}])
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        report.print_eval(rows(result), file=sys.stdout)
+
+
 @app.command()
 def merge(
     run_dir: str = typer.Argument(..., help="a LoRA/QLoRA run dir"),
@@ -194,8 +232,6 @@ def merge(
     as_json: bool = JsonOpt,
 ):
     """Merge a run's adapter into full weights (QLoRA: base dequantized) loadable by plain transformers."""
-    from pathlib import Path
-
     from ftcli.infer.target import resolve_target
     from ftcli.models import export
 
@@ -203,9 +239,34 @@ def merge(
     if push_to_hub:
         export.require_hub_token(push_to_hub)
     _quiet_libraries()
-    merged = export.merge_run(recipe, Path(run_dir), Path(out), overwrite)
+    merged = export.export_run(recipe, Path(run_dir), Path(out), overwrite, full_ok=False)
     result = {"merged": str(merged), "pushed": export.push_to_hub(merged, push_to_hub) if push_to_hub else None}
     typer.echo(json.dumps(result) if as_json else str(merged))
+
+
+@app.command("export")
+def export_(
+    run_dir: str = typer.Argument(..., help="a run dir (LoRA/QLoRA: merged into the base; full: re-saved)"),
+    out: str = typer.Option(..., "--out", "-o", help="where to write the model"),
+    dtype: str | None = typer.Option(None, "--dtype", help="f16 | bf16 | f32 (default: the run's compute dtype)"),
+    overwrite: bool = OverwriteOpt,
+    push_to_hub: str | None = typer.Option(None, "--push-to-hub", help="also upload to this hub repo (needs a token)"),
+    as_json: bool = JsonOpt,
+):
+    """Write a run as one standalone model dir that transformers (4.x and 5.x), vLLM/TGI and llama.cpp's
+    converter load: safetensors, config.json with the KV cache on, the base's tokenizer files, the chat template."""
+    from ftcli.infer.target import resolve_target
+    from ftcli.models import export
+
+    if dtype is not None and dtype not in export.DTYPES:
+        raise UserError(f"--dtype {dtype}: use one of {', '.join(export.DTYPES)}")
+    STATE["recipe"] = recipe = resolve_target(run_dir, [])
+    if push_to_hub:
+        export.require_hub_token(push_to_hub)
+    _quiet_libraries()
+    written = export.export_run(recipe, Path(run_dir), Path(out), overwrite, dtype)
+    result = {"exported": str(written), "pushed": export.push_to_hub(written, push_to_hub) if push_to_hub else None}
+    typer.echo(json.dumps(result) if as_json else str(written))
 
 
 @app.command("recipes")

@@ -191,3 +191,15 @@ def perplexity(loss: float) -> float:
 
 def _clean(logs: dict) -> dict:
     return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in logs.items()}
+
+
+def print_eval(rows: list[tuple[str, str, float, float | None]], file=None) -> None:
+    """`ftcli eval`'s result: one row per task and metric, the base beside the fine-tune when compared."""
+    compared = any(base is not None for *_, base in rows)
+    table = Table(title="lm-evaluation-harness", title_justify="left")
+    for col in ("task", "metric", "fine-tune" if compared else "score", *(("base", "change") if compared else ())):
+        table.add_column(col, justify="left" if col in ("task", "metric") else "right")
+    for task, metric, value, base in rows:
+        extra = (f"{base:.4f}", f"{value - base:+.4f}") if compared and base is not None else ("", "") if compared else ()
+        table.add_row(task, metric, f"{value:.4f}", *extra)
+    Console(file=file, highlight=False).print(table)

@@ -64,3 +64,12 @@ def _model_only(name: str, overrides: list[str]) -> Recipe:
         recipe_file = Path(tmp) / "model.yaml"
         recipe_file.write_text(yaml.safe_dump(body))
         return load_recipe(recipe_file, overrides)
+
+
+def starting_model(target: str, overrides: list[str]) -> Recipe:
+    """What a run dir started from (its frozen recipe's model and adapter), for side-by-side comparisons."""
+    path = Path(target)
+    run = path if (path / RESOLVED).exists() else path.parent if (path.parent / RESOLVED).exists() else None
+    if run is None:
+        raise UserError(f"--compare-base: {target} is not a run dir; its recipe is what names the base")
+    return load_recipe(run / RESOLVED, overrides)

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 # Bump when a builtin's weights, config or tokenizer change, so old caches are not reused.
-BUILTIN_VERSION = 1
+BUILTIN_VERSION = 2
 PAD, EOS, IM_START, IM_END = "<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -134,6 +134,9 @@ def _materialize(short: str, out: Path) -> None:
     model.generation_config = GenerationConfig(eos_token_id=[ids(EOS), ids(IM_END)], pad_token_id=ids(PAD))
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    from ftcli.models.save import loadable_by_transformers_4
+
+    loadable_by_transformers_4(out / "tokenizer_config.json")  # a base like any other: transformers 4.x loads it
 
 
 @contextlib.contextmanager

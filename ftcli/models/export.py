@@ -1,4 +1,5 @@
-"""`ftcli merge`: a run's adapter merged into full weights in a new dir, optionally pushed to the hub."""
+"""`ftcli export` / `ftcli merge`: a run as one standalone model dir (an adapter merged into its base, or a full
+fine-tune re-saved), in the layout of models/save.py, in a chosen dtype, optionally pushed to the hub."""
 
 from __future__ import annotations
 
@@ -7,19 +8,30 @@ from pathlib import Path
 from ftcli.errors import UserError
 from ftcli.recipe.schema import Recipe
 
+DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
 
-def merge_run(recipe: Recipe, run_dir: Path, out: Path, overwrite: bool) -> Path:
-    from ftcli.models.save import merge_adapter
 
+def export_run(recipe: Recipe, run_dir: Path, out: Path, overwrite: bool, dtype: str | None = None,
+               full_ok: bool = True) -> Path:  # fmt: skip
+    """`dtype`: f32 / f16 / bf16, or None for the dtype the run computed in. `full_ok=False` (`ftcli merge`)
+    refuses full fine-tunes, which have nothing to merge."""
+    from ftcli.models.save import merge_adapter, save_full
+
+    if recipe.task == "caption":
+        raise UserError(f"{run_dir}: a caption run is rebuilt from its two base checkpoints by `ftcli infer`; there "
+                        "is no single transformers model to export")  # fmt: skip
     if recipe.method.type in ("prefix", "prompt"):
         raise UserError(f"{run_dir}: {recipe.method.type} tuning adds virtual tokens at run time; there are no "
                         "weights to merge it into. Use the run dir with peft as it is")  # fmt: skip
-    if recipe.method.type == "full":
-        raise UserError(f"{run_dir}: a full fine-tune already holds full weights; nothing to merge")
+    if recipe.method.type == "full" and not full_ok:
+        raise UserError(f"{run_dir}: a full fine-tune already holds full weights; nothing to merge "
+                        "(`ftcli export` re-saves it, e.g. in another dtype)")  # fmt: skip
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    if recipe.method.type == "full":  # the run dir holds the weights (resolve_target pointed model.name at it)
+        return save_full(recipe, run_dir, out, DTYPES.get(dtype))
     base_recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"adapter": None})})
-    return merge_adapter(base_recipe, run_dir, out)
+    return merge_adapter(base_recipe, run_dir, out, DTYPES.get(dtype))
 
 
 def require_hub_token(repo: str) -> None:

@@ -193,7 +193,8 @@ def load_trained(model, run: Path, key: str = "model.adapter") -> None:
     model.load_state_dict(tensors, strict=False)
 
 
-def save_git_outputs(model, tokenizer, processor, recipe: Recipe, out: Path, counts: dict) -> dict:
+def save_git_outputs(model, tokenizer, processor, recipe: Recipe, out: Path, counts: dict,
+                     chat_template: str | None = None) -> dict:  # fmt: skip
     """The run dir of a caption run: trained tensors, git_config.json, tokenizer and image processor."""
     from ftcli.models.save import save_tokenizer
 
@@ -210,7 +211,7 @@ def save_git_outputs(model, tokenizer, processor, recipe: Recipe, out: Path, cou
         "trained_tensors": len(names),
     }
     (out / GIT_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    save_tokenizer(tokenizer, out)
+    save_tokenizer(tokenizer, out, recipe.model, chat_template)
     processor.save_pretrained(out)
     if recipe.output.merge:
         raise UserError("output.merge: a caption run is rebuilt from its two base checkpoints; there is no single "

@@ -1,5 +1,10 @@
 """The final outputs of a run, in plain Hugging Face layout: a PEFT adapter or full safetensors weights, the
-tokenizer with its chat template, and (output.merge) adapter-merged full weights in <run>/merged."""
+tokenizer with its chat template, and (output.merge) adapter-merged full weights in <run>/merged.
+
+The layout rules live here, for every run, merge and export: the base's tokenizer files copied byte for byte
+(llama.cpp's converter, for one, identifies a tokenizer by hashing what it produces, and transformers 5 would
+re-serialize it), a tokenizer_config.json transformers 4.x loads too, the chat template the run trained with,
+config.json with the KV cache on, safetensors only."""
 
 from __future__ import annotations
 
@@ -7,19 +12,21 @@ import json
 from pathlib import Path
 
 from ftcli.errors import UserError
-from ftcli.models.load import inference_config
-from ftcli.recipe.schema import Recipe
+from ftcli.models.load import inference_config, model_source
+from ftcli.recipe.schema import ModelSpec, Recipe
 
 
-def save_model_outputs(model, tokenizer, recipe: Recipe, out: Path, weights: bool = True) -> dict:
-    """`weights=False` when the trainer has saved them already (sharded workers gather them there)."""
+def save_model_outputs(model, tokenizer, recipe: Recipe, out: Path, weights: bool = True,
+                       chat_template: str | None = None) -> dict:  # fmt: skip
+    """`weights=False` when the trainer has saved them already (sharded workers gather them there);
+    `chat_template`: the template the run trained with when it is not the tokenizer's own."""
     is_peft = hasattr(model, "peft_config")
     inference_config(model)
     if weights:  # only the trained adapter: DPO may hold a frozen "ref" copy beside it
         model.save_pretrained(out, safe_serialization=True, **({"selected_adapters": ["default"]} if is_peft else {}))
     elif (out / "config.json").exists():
         _set_use_cache(out / "config.json")
-    save_tokenizer(tokenizer, out)
+    save_tokenizer(tokenizer, out, recipe.model, chat_template)
     saved = {"kind": "adapter" if is_peft else "full", "path": str(out)}
     if recipe.output.merge:
         if recipe.method.type in ("prefix", "prompt"):
@@ -29,18 +36,61 @@ def save_model_outputs(model, tokenizer, recipe: Recipe, out: Path, weights: boo
     return saved
 
 
-def save_tokenizer(tokenizer, out: Path) -> None:
-    tokenizer.save_pretrained(out)
-    # transformers 5 writes its own class name, which transformers 4.x (and tools pinned to it) cannot load.
-    config_file = out / "tokenizer_config.json"
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "tokenizer.model",
+    "vocab.json", "vocab.txt", "merges.txt", "chat_template.jinja", "chat_template.json",
+)  # fmt: skip
+
+
+def save_tokenizer(tokenizer, out: Path, spec: ModelSpec | Path, chat_template: str | None = None) -> None:
+    """The tokenizer files of `spec`'s model (or of a dir: a run's own), copied unchanged; re-saved by
+    transformers only where there are no files to copy. Then made loadable by transformers 4.x, and given the
+    chat template the run trained with, if that is not the tokenizer's own."""
+    if not copy_tokenizer_files(spec, out):
+        tokenizer.save_pretrained(out)
+    loadable_by_transformers_4(out / "tokenizer_config.json")
+    if chat_template is not None:  # transformers (4.43+, 5) and vLLM read it before tokenizer_config's
+        (out / "chat_template.jinja").write_text(chat_template)
+
+
+def copy_tokenizer_files(spec: ModelSpec | Path, out: Path) -> bool:
+    """Copy the tokenizer files of a local dir, a builtin or a (cached) hub model into `out`."""
+    import shutil
+
+    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(spec, Path):
+        found = [spec / name for name in TOKENIZER_FILES if (spec / name).is_file()]
+    else:
+        from transformers.utils import cached_file
+
+        source, found = model_source(spec), []
+        for name in TOKENIZER_FILES:
+            path = Path(source) / name if Path(source).is_dir() else cached_file(
+                source, name, revision=spec.revision, _raise_exceptions_for_missing_entries=False,
+                _raise_exceptions_for_connection_errors=False)  # fmt: skip
+            if path and Path(path).is_file():
+                found.append(Path(path))
+    if not any(f.name in ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt") for f in found):
+        return False
+    for file in found:
+        shutil.copyfile(file, out / file.name)
+    return True
+
+
+def loadable_by_transformers_4(config_file: Path) -> None:
+    """transformers 5 writes its own class name (TokenizersBackend), which transformers 4.x (and tools pinned to
+    it, such as llama.cpp's converter) cannot load; the fast-tokenizer class both know reads the same files."""
+    if not config_file.exists():
+        return
     config = json.loads(config_file.read_text())
     if config.get("tokenizer_class") == "TokenizersBackend":
         config["tokenizer_class"] = "PreTrainedTokenizerFast"
         config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
-def merge_adapter(recipe: Recipe, adapter_dir: Path, out: Path) -> Path:
-    """Base (QLoRA: dequantized to the compute dtype) + adapter -> full weights loadable without peft."""
+def merge_adapter(recipe: Recipe, adapter_dir: Path, out: Path, dtype: str | None = None) -> Path:
+    """Base (QLoRA: dequantized to the compute dtype) + adapter -> full weights loadable without peft, in `dtype`
+    (a torch dtype name) or the compute dtype."""
     import peft
 
     from ftcli.models.load import load_base_model, load_tokenizer
@@ -52,9 +102,8 @@ def merge_adapter(recipe: Recipe, adapter_dir: Path, out: Path) -> Path:
             del base.config.quantization_config
     model = peft.PeftModel.from_pretrained(base, str(adapter_dir))
     merged = model.merge_and_unload()
-    inference_config(merged)
-    merged.save_pretrained(out, safe_serialization=True)
-    save_tokenizer(load_tokenizer(recipe.model), out)
+    _save_weights(merged, out, dtype)
+    save_tokenizer(load_tokenizer(recipe.model), out, adapter_dir)  # the run's files, chat template included
     return out
 
 
@@ -62,3 +111,22 @@ def _set_use_cache(config_file: Path) -> None:
     config = json.loads(config_file.read_text())
     config["use_cache"] = True
     config_file.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def save_full(recipe: Recipe, run_dir: Path, out: Path, dtype: str | None = None) -> Path:
+    """A full fine-tune's weights re-saved (in `dtype`), with the run's tokenizer files."""
+    from ftcli.models.load import load_base_model, load_tokenizer
+
+    _save_weights(load_base_model(recipe), out, dtype)
+    save_tokenizer(load_tokenizer(recipe.model), out, run_dir)
+    return out
+
+
+def _save_weights(model, out: Path, dtype: str | None) -> None:
+    import torch
+
+    if dtype is not None:
+        model = model.to(getattr(torch, dtype))
+        model.config.dtype = getattr(torch, dtype)
+    inference_config(model)
+    model.save_pretrained(out, safe_serialization=True)

@@ -27,7 +27,7 @@ def bundled_recipes() -> list[tuple[str, Path, str]]:
         return []
     found = []
     for path in sorted(root.rglob("*.yaml")):
-        if "data" in path.relative_to(root).parts[:1]:
+        if path.relative_to(root).parts[0] in ("data", "eval"):  # datasets and lm-eval task files, not recipes
             continue
         try:
             body = yaml.safe_load(path.read_text()) or {}

@@ -47,7 +47,8 @@ class CaptionSetup(Setup):
         return [("vision model", spec.vision_model), ("trainable by part", parts)]
 
     def save_outputs(self, model, out: Path, weights: bool) -> dict:
-        return save_git_outputs(model, self.tokenizer, self.processor, self.recipe, out, self.parts)
+        return save_git_outputs(model, self.tokenizer, self.processor, self.recipe, out, self.parts,
+                                self.trained_template())  # fmt: skip
 
 
 def _train(recipe: Recipe, out: Path, resume: bool, on_done=None) -> dict:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ftcli import dispatch, report
 from ftcli.data.prepare import PreparedData, prepare_data
+from ftcli.data.templates import resolve_template
 from ftcli.errors import RecipeError
 from ftcli.models.load import compute_dtype, load_base_model, load_tokenizer, model_source, training_config
 from ftcli.models.memory import choose_gradient_checkpointing
@@ -95,7 +96,12 @@ class Setup:
         return []
 
     def save_outputs(self, model, out: Path, weights: bool) -> dict:
-        return save_model_outputs(model, self.tokenizer, self.recipe, out, weights=weights)
+        return save_model_outputs(model, self.tokenizer, self.recipe, out, weights, self.trained_template())
+
+    def trained_template(self) -> str | None:
+        """The chat template the run trained with, where the recipe chose one over the tokenizer's own."""
+        template = self.recipe.data.template
+        return resolve_template(template, self.tokenizer) if template is not None else None
 
 
 def training_args(config_cls, recipe: Recipe, out: Path, setup: Setup, **extra):

@@ -1,0 +1,87 @@
+"""`ftcli eval`: lm-evaluation-harness tasks on what `ftcli infer` would load (a run dir's base + adapter, QLoRA
+base quantized as trained; a merged or model dir; a recipe's model), in this process. lm-eval's own HFLM wraps
+the model and its own `simple_evaluate` runs the tasks, so the scores are lm-eval's, not a re-implementation."""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import logging
+import os
+import time
+from pathlib import Path
+
+from ftcli.errors import UserError
+from ftcli.infer.load import load_for_inference
+from ftcli.recipe.schema import Recipe
+
+EXTRA = 'pip install "ftcli[eval]"'
+
+
+def run_eval(recipe: Recipe, tasks: list[str], include_path: str | None, limit: int | None, num_fewshot: int | None,
+             batch_size: int, base: Recipe | None = None) -> dict:  # fmt: skip
+    """{"tasks", "limit", "num_fewshot", "model": {task: {metric: value}}, ["base": ...]}."""
+    try:
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        raise UserError(f"ftcli eval runs lm-evaluation-harness, which is not installed: {EXTRA}") from None
+    if not tasks:
+        raise UserError("--tasks: name at least one task, e.g. --tasks hellaswag,arc_easy")
+    quiet = logging.getLogger("lm-eval"), logging.getLogger("lm_eval")
+    for logger in quiet:
+        logger.setLevel(logging.ERROR if not os.environ.get("FTCLI_DEBUG") else logging.INFO)
+    folder = Path(include_path).resolve() if include_path else None
+    if folder is not None and not folder.is_dir():
+        raise UserError(f"--include-path {include_path}: not a folder of lm-eval task YAML files")
+    manager = TaskManager(include_path=str(folder) if folder else None)
+    for task in tasks:
+        if not manager.match_tasks([task]):
+            close = difflib.get_close_matches(task, manager.all_tasks, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            where = f"lm-eval's registry or {folder}" if folder else "lm-eval's registry (local tasks: --include-path)"
+            raise UserError(f"--tasks: {task!r} is not a task of {where}{hint}")
+    result = {"tasks": tasks, "limit": limit, "num_fewshot": num_fewshot}
+    for name, target in (("model", recipe), ("base", base)):
+        if target is not None:
+            started = time.perf_counter()
+            result[name] = _evaluate(target, tasks, manager, folder, limit, num_fewshot, batch_size)
+            result[f"{name}_seconds"] = round(time.perf_counter() - started, 2)
+    return result
+
+
+def _evaluate(recipe: Recipe, tasks, manager, folder, limit, num_fewshot, batch_size) -> dict:
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    model, tokenizer = load_for_inference(recipe)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    with _inside(folder):  # local tasks name their data_files relative to their folder
+        out = simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit, num_fewshot=num_fewshot,
+                              log_samples=False)  # fmt: skip
+    return {task: {metric.split(",")[0]: value for metric, value in metrics.items()
+                   if isinstance(value, (int, float)) and "," in metric}  # fmt: skip
+            for task, metrics in out["results"].items()}
+
+
+@contextlib.contextmanager
+def _inside(folder: Path | None):
+    if folder is None:
+        yield
+        return
+    here = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(here)
+
+
+def rows(result: dict) -> list[tuple[str, str, float, float | None]]:
+    """(task, metric, model value, base value or None) for every metric that is not a standard error."""
+    base = result.get("base") or {}
+    out = []
+    for task, metrics in result["model"].items():
+        for metric, value in metrics.items():
+            if not metric.endswith("_stderr"):
+                out.append((task, metric, value, base.get(task, {}).get(metric)))
+    return out
