@@ -117,6 +117,8 @@ def test_merged_output_generates_like_base_plus_adapter(name, tmp_path):
               add_special_tokens=False)["input_ids"]  # fmt: skip
     for row in ids:
         x = torch.tensor([row])
+        with torch.no_grad():
+            torch.testing.assert_close(merged(input_ids=x).logits, adapted(input_ids=x).logits, rtol=1e-4, atol=1e-4)
         a = adapted.generate(input_ids=x, max_new_tokens=24, do_sample=False)
         b = merged.generate(input_ids=x, max_new_tokens=24, do_sample=False)
         assert torch.equal(a, b)

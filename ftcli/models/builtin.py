@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 # Bump when a builtin's weights, config or tokenizer change, so old caches are not reused.
-BUILTIN_VERSION = 2
+BUILTIN_VERSION = 3
 PAD, EOS, IM_START, IM_END = "<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 CHATML_TEMPLATE = (
     "{% for message in messages %}"

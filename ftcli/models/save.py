@@ -78,13 +78,19 @@ def copy_tokenizer_files(spec: ModelSpec | Path, out: Path) -> bool:
 
 
 def loadable_by_transformers_4(config_file: Path) -> None:
-    """transformers 5 writes its own class name (TokenizersBackend), which transformers 4.x (and tools pinned to
-    it, such as llama.cpp's converter) cannot load; the fast-tokenizer class both know reads the same files."""
+    """Two things transformers 5 writes that transformers 4.x (and tools pinned to it, such as llama.cpp's
+    converter) cannot load: its own class name (TokenizersBackend; the fast-tokenizer class both know reads the
+    same files), and `extra_special_tokens` as a list (4.x wants a dict there, and reads the list as
+    `additional_special_tokens`, which 5.x still accepts). Found by bench/interop.py."""
     if not config_file.exists():
         return
     config = json.loads(config_file.read_text())
+    before = dict(config)
     if config.get("tokenizer_class") == "TokenizersBackend":
         config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    if isinstance(config.get("extra_special_tokens"), list):
+        config["additional_special_tokens"] = config.pop("extra_special_tokens")
+    if config != before:
         config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
