@@ -105,8 +105,10 @@ class GitLLM(nn.Module):
         cache = self.lm(
             inputs_embeds=inputs, attention_mask=mask, use_cache=True, **positions
         ).past_key_values
-        # generate() skips the tokens the cache already holds; the image's stand-in ids are never read.
-        stand_in = input_ids.new_full((input_ids.shape[0], inputs.shape[1] - prefix_ids.shape[1]), 0)
+        # generate() skips the tokens the cache already holds, so the image's stand-in ids are never embedded; pad
+        # ids keep them out of what logits processors (e.g. repetition_penalty) count as already said.
+        pad = generate_kwargs.get("pad_token_id")
+        stand_in = input_ids.new_full((input_ids.shape[0], inputs.shape[1] - prefix_ids.shape[1]), pad or 0)
         full = torch.cat([stand_in, input_ids], dim=1)
         out = self.lm.generate(input_ids=full, attention_mask=torch.ones_like(full), past_key_values=cache,
                                **generate_kwargs)  # fmt: skip
