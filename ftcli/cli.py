@@ -208,6 +208,9 @@ def evaluate(
     STATE["recipe"] = loaded = resolve_target(target, list(overrides or []))
     if loaded.task in ("caption", "reward"):
         raise UserError(f"task {loaded.task}: lm-eval's tasks score a text LM's likelihoods and generations")
+    if loaded.method.type == "prompt":  # peft puts the virtual tokens' positions in front of the logits
+        raise UserError("a prompt-tuning run shifts its logits by its virtual tokens, which lm-eval would score "
+                        "at the wrong positions; evaluate LoRA, full or prefix runs")  # fmt: skip
     base = starting_model(target, list(overrides or [])) if compare_base else None
     _quiet_libraries()
     names = [t.strip() for t in tasks.split(",") if t.strip()]

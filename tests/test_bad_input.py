@@ -108,6 +108,8 @@ CASES = [
     # task: caption (multimodal GIT)
     ("caption without a vision model", lambda t: ["validate", SMOKE / "caption-lora.yaml", "multimodal=null"],
      "multimodal.vision_model: task caption needs a vision encoder"),
+    ("caption merged", lambda t: ["validate", SMOKE / "caption-lora.yaml", "output.merge=true"],
+     "output.merge: a caption run is rebuilt from its two base checkpoints"),
     ("caption with prefix tuning", lambda t: ["validate", SMOKE / "caption-lora.yaml", "method.type=prefix"],
      "task caption trains with full, lora or qlora"),
     ("image data for sft", lambda t: ["validate", SMOKE / "sft-lora.yaml", "data.format=caption"],

@@ -385,3 +385,17 @@ def test_two_worker_caption_run_reaches_the_one_process_weights(tmp_path):
     assert one.keys() == two.keys()
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_gradient_checkpointing_and_a_repetition_penalty_work_on_the_git_model(tmp_path):
+    """Trainer 5 turns checkpointing on through activation_checkpointing_enable (real LMs get it from `auto`)."""
+    from ftcli.tasks import caption
+
+    recipe = caption_recipe(tmp_path, "training.gradient_checkpointing=true", "training.max_steps=3",
+                            "data.eval_sources=[]")  # fmt: skip
+    summary = caption.run(recipe, overwrite=True)
+    assert summary["status"] == "completed" and summary["gradient_checkpointing"]["enabled"] is True
+    code, out, err = run_cli("infer", tmp_path / "run", "--image", SHAPES / "images/eval-000.png",
+                             "--max-new-tokens", "6", "--json", "infer.repetition_penalty=1.3")  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["completion_tokens"] >= 1

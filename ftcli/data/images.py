@@ -12,6 +12,7 @@ import base64
 import binascii
 import io
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,8 +74,9 @@ class ImageRows:
             value = value["path"]
         if not isinstance(value, str) or not value.strip():
             raise BadRow(column, "missing or not a path; map it with data.columns.image")
-        base = Path(self.image_dir).resolve() if self.image_dir else None
-        path = (base / value if base else Path(value)).resolve()
+        base = Path(os.path.abspath(self.image_dir)) if self.image_dir else None
+        # containment on the normalized path, not the resolved one: a hub snapshot's images are symlinks to blobs
+        path = Path(os.path.normpath(base / value if base else os.path.abspath(value)))
         if not self.allow_outside and (base is None or not path.is_relative_to(base)):
             where = (
                 f"the image folder {base}" if base else "a local image folder (set the source's image_dir)"

@@ -105,21 +105,28 @@ class GitLLM(nn.Module):
         cache = self.lm(
             inputs_embeds=inputs, attention_mask=mask, use_cache=True, **positions
         ).past_key_values
-        # generate() skips the tokens the cache already holds, so the image's stand-in ids are never embedded; pad
-        # ids keep them out of what logits processors (e.g. repetition_penalty) count as already said.
-        pad = generate_kwargs.get("pad_token_id")
-        stand_in = input_ids.new_full((input_ids.shape[0], inputs.shape[1] - prefix_ids.shape[1]), pad or 0)
+        # generate() skips the tokens the cache already holds, so the image's stand-in ids are never embedded; a
+        # repetition penalty is told to ignore them (they would count as already said, EOS too where pad == EOS).
+        stand_in = input_ids.new_zeros((input_ids.shape[0], inputs.shape[1] - prefix_ids.shape[1]))
         full = torch.cat([stand_in, input_ids], dim=1)
+        penalty = generate_kwargs.pop("repetition_penalty", 1.0)
+        if penalty != 1.0:
+            from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+            generate_kwargs["logits_processor"] = LogitsProcessorList(
+                [RepetitionPenaltyLogitsProcessor(penalty, prompt_ignore_length=stand_in.shape[1])])  # fmt: skip
         out = self.lm.generate(input_ids=full, attention_mask=torch.ones_like(full), past_key_values=cache,
                                **generate_kwargs)  # fmt: skip
         return out[:, full.shape[1] :]
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
-        # The LM always backpropagates (to the projection at least); a frozen vision encoder never does.
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, every_n_layers=1, offload=False):
+        """What Trainer calls (transformers 5). The LM always backpropagates (to the projection at least); a frozen
+        vision encoder never does, so it is not checkpointed."""
         parts = [self.lm] + ([self.vision] if any(p.requires_grad for p in self.vision.parameters()) else [])
         for part in parts:
-            part.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+            part.activation_checkpointing_enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs,
+                                                 every_n_layers=every_n_layers, offload=offload)  # fmt: skip
 
-    def gradient_checkpointing_disable(self):
-        self.vision.gradient_checkpointing_disable()
-        self.lm.gradient_checkpointing_disable()
+    def activation_checkpointing_disable(self):
+        self.vision.activation_checkpointing_disable()
+        self.lm.activation_checkpointing_disable()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ftcli.errors import RecipeError, UserError
+from ftcli.errors import RecipeError
 from ftcli.models.builtin import builtin_path, is_builtin
 from ftcli.models.load import compute_dtype, load_base_model, load_tokenizer
 from ftcli.models.methods import logical_numel
@@ -91,6 +91,10 @@ def _apply_lora(model, recipe: Recipe, gradient_checkpointing: bool) -> None:
         use_rslora=method.use_rslora,
     )
     peft.inject_adapter_in_model(config, model)
+    # as get_peft_model does: adapters train in fp32 even on a bf16/fp16 base (optimizer updates, fp16 scaling)
+    from peft.tuners.tuners_utils import cast_adapter_dtype
+
+    cast_adapter_dtype(model, "default", autocast_adapter_dtype=True)
 
 
 def _target_pattern(prefix: str, part, recipe: Recipe | None) -> str:
@@ -101,8 +105,11 @@ def _target_pattern(prefix: str, part, recipe: Recipe | None) -> str:
     import torch
 
     head = part.get_output_embeddings() if hasattr(part, "get_output_embeddings") else None
-    # bitsandbytes' Linear4bit / Linear8bitLt are nn.Linear subclasses, so a QLoRA LM is covered too
-    linear = {n.rsplit(".", 1)[-1] for n, m in part.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}
+    from transformers.pytorch_utils import Conv1D
+
+    # bitsandbytes' Linear4bit / Linear8bitLt are nn.Linear subclasses (a QLoRA LM is covered); GPT-2 uses Conv1D
+    kinds = (torch.nn.Linear, Conv1D)
+    linear = {n.rsplit(".", 1)[-1] for n, m in part.named_modules() if isinstance(m, kinds) and m is not head}
     wanted = recipe.method.target_modules if recipe is not None else None
     if isinstance(wanted, list):
         targets = wanted
@@ -110,8 +117,10 @@ def _target_pattern(prefix: str, part, recipe: Recipe | None) -> str:
         if missing:
             raise RecipeError(f"{missing[0]!r} names no linear layer of the LM; it has {', '.join(sorted(linear))}",
                               key="method.target_modules")  # fmt: skip
-    elif wanted == "all-linear":
+    elif wanted == "all-linear" and linear:
         targets = sorted(linear)
+    elif wanted == "all-linear":
+        raise RecipeError(f"the {prefix} model has no linear layer for LoRA", key="method.target_modules")
     else:
         targets = [name for name in ATTENTION_QKV if name in linear]
         if not targets:
@@ -213,9 +222,6 @@ def save_git_outputs(model, tokenizer, processor, recipe: Recipe, out: Path, cou
     (out / GIT_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     save_tokenizer(tokenizer, out, recipe.model, chat_template)
     processor.save_pretrained(out)
-    if recipe.output.merge:
-        raise UserError("output.merge: a caption run is rebuilt from its two base checkpoints; there is no single "
-                        "merged model to write")  # fmt: skip
     return {"kind": "git", "path": str(out), "tensors": len(names)}
 
 

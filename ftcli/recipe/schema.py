@@ -414,6 +414,9 @@ class Recipe(Strict):
                              "multimodal.keys_to_finetune / keys_to_freeze")  # fmt: skip
         if self.data.packing:
             raise ValueError("data.packing: each caption row carries its own image; packing applies to text tasks")
+        if self.output.merge:
+            raise ValueError("output.merge: a caption run is rebuilt from its two base checkpoints; there is no "
+                             "single merged model to write")  # fmt: skip
         if (self.model.attn_implementation or "").startswith("flash"):
             raise ValueError("model.attn_implementation: the GIT mask is a custom 4D mask, which flash attention "
                              "cannot take; use sdpa or eager")  # fmt: skip
