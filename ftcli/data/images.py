@@ -23,6 +23,12 @@ IMAGE_PLACEHOLDER = "<image>"  # LLaVA marks where the image goes; in GIT the im
 DATA_URI = "data:image;base64,"
 
 
+def begin_token_id(tokenizer) -> int:
+    """The token text after the image starts with, in training and at inference: BOS, else EOS (GIT's decoder
+    starts from [BOS])."""
+    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+
 def coco_rows(path: Path) -> list[dict] | None:
     """The rows of a COCO-captions annotation file ({"images": [...], "annotations": [...]}, joined by image_id),
     one per caption, or None if the file has another shape."""

@@ -20,7 +20,7 @@ from ftcli.data.cache import (
     source_fingerprint,
     tokenizer_fingerprint,
 )
-from ftcli.data.images import ImageRows
+from ftcli.data.images import ImageRows, begin_token_id
 from ftcli.data.packing import pack_rows
 from ftcli.data.pairs import PAIR_COLUMNS, PairTokenizer
 from ftcli.data.sources import ROW, load_source
@@ -194,8 +194,8 @@ def _tokenize_source(recipe: Recipe, src: DataSource, key: str, tokenizer, templ
 def _image_rows(recipe: Recipe, src: DataSource, tokenizer) -> ImageRows:
     local = Path(src.path)
     image_dir = src.image_dir or (str(local.parent if local.is_file() else local) if local.exists() else None)
-    begin = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    return ImageRows(image_dir, recipe.data.allow_images_outside, begin, recipe.multimodal.caption_prompt)
+    return ImageRows(image_dir, recipe.data.allow_images_outside, begin_token_id(tokenizer),
+                     recipe.multimodal.caption_prompt)  # fmt: skip
 
 
 def _pack(ds, max_length: int, seed: int):

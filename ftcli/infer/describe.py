@@ -8,7 +8,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 
-from ftcli.data.images import load_rgb
+from ftcli.data.images import begin_token_id, load_rgb
 from ftcli.errors import UserError
 from ftcli.infer.generate import generation_kwargs, result
 from ftcli.infer.inputs import Item
@@ -27,7 +27,7 @@ def describe(model, tokenizer, processor, items: list[Item], spec: InferSpec, te
     asks = any("prompt" in item.fields or "messages" in item.fields for item in items)
     stops = stop_ids(tokenizer, template if asks else None)
     kwargs = generation_kwargs(spec, tokenizer, stops)
-    begin = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    begin = begin_token_id(tokenizer)
     groups: dict[int, list[tuple[Item, list[int]]]] = defaultdict(list)
     for item in items:
         if "prompt" in item.fields or "messages" in item.fields:
