@@ -24,6 +24,11 @@ STATE = {"debug": False, "recipe": None}
 RecipeArg = typer.Argument(..., help="recipe YAML file (or a bundled recipe name, see `ftcli recipes`)")
 OverridesArg = typer.Argument(None, help="dotted overrides, e.g. training.learning_rate=1e-4", show_default=False)
 JsonOpt = typer.Option(False, "--json", help="print the result as JSON on stdout")
+DeviceOpt = typer.Option(None, "--device", help="auto | cuda | mps | cpu (launch.device; default auto: a GPU if any)")
+
+
+def _with_device(overrides: list[str] | None, device: str | None) -> list[str]:
+    return [*(overrides or []), *([f"launch.device={device}"] if device else [])]
 
 
 def _version(value: bool) -> None:
@@ -164,6 +169,7 @@ def infer(
     num_return_sequences: int | None = typer.Option(None, "--num-return-sequences", min=1),
     seed: int | None = typer.Option(None, "--seed"),
     split: str | None = typer.Option(None, "--split", help="perplexity: train or eval (default eval if held out)"),
+    device: str | None = DeviceOpt,
     as_json: bool = JsonOpt,
 ):
     """Generate, score (reward models) or measure perplexity with a trained run or a recipe's model. Results,
@@ -175,7 +181,7 @@ def infer(
            "temperature": temperature, "top_p": top_p, "top_k": top_k, "num_return_sequences": num_return_sequences,
            "seed": seed}  # fmt: skip
     extra = [f"infer.{k}={json.dumps(v)}" for k, v in cli.items() if v is not None]
-    STATE["recipe"] = loaded = resolve_target(target, [*(overrides or []), *extra])
+    STATE["recipe"] = loaded = resolve_target(target, [*_with_device(overrides, device), *extra])
     _quiet_libraries()
 
     def emit(line: str) -> None:
@@ -196,6 +202,7 @@ def evaluate(
     num_fewshot: int | None = typer.Option(None, "--num-fewshot", min=0),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     compare_base: bool = typer.Option(False, "--compare-base", help="also score the run's starting model"),
+    device: str | None = DeviceOpt,
     as_json: bool = JsonOpt,
 ):
     """Run lm-evaluation-harness tasks in-process (pip install "ftcli[eval]"). The table (or --json) goes to
@@ -205,13 +212,14 @@ def evaluate(
     from ftcli.infer.target import resolve_target, starting_model
     from ftcli.run_dir import RESOLVED
 
-    STATE["recipe"] = loaded = resolve_target(target, list(overrides or []))
+    overrides = _with_device(overrides, device)
+    STATE["recipe"] = loaded = resolve_target(target, overrides)
     if loaded.task in ("caption", "reward"):
         raise UserError(f"task {loaded.task}: lm-eval's tasks score a text LM's likelihoods and generations")
     if loaded.method.type == "prompt":  # peft puts the virtual tokens' positions in front of the logits
         raise UserError("a prompt-tuning run shifts its logits by its virtual tokens, which lm-eval would score "
                         "at the wrong positions; evaluate LoRA, full or prefix runs")  # fmt: skip
-    base = starting_model(target, list(overrides or [])) if compare_base else None
+    base = starting_model(target, overrides) if compare_base else None
     _quiet_libraries()
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     result = run_eval(loaded, names, include_path, limit, num_fewshot, batch_size, base)
@@ -229,16 +237,18 @@ def evaluate(
 @app.command()
 def merge(
     run_dir: str = typer.Argument(..., help="a LoRA/QLoRA run dir"),
+    overrides: list[str] | None = OverridesArg,
     out: str = typer.Option(..., "--out", "-o", help="where to write the merged model"),
     overwrite: bool = OverwriteOpt,
     push_to_hub: str | None = typer.Option(None, "--push-to-hub", help="also upload to this hub repo (needs a token)"),
+    device: str | None = DeviceOpt,
     as_json: bool = JsonOpt,
 ):
     """Merge a run's adapter into full weights (QLoRA: base dequantized) loadable by plain transformers."""
     from ftcli.infer.target import resolve_target
     from ftcli.models import export
 
-    STATE["recipe"] = recipe = resolve_target(run_dir, [])
+    STATE["recipe"] = recipe = resolve_target(run_dir, _with_device(overrides, device))
     if push_to_hub:
         export.require_hub_token(push_to_hub)
     _quiet_libraries()
@@ -250,10 +260,12 @@ def merge(
 @app.command("export")
 def export_(
     run_dir: str = typer.Argument(..., help="a run dir (LoRA/QLoRA: merged into the base; full: re-saved)"),
+    overrides: list[str] | None = OverridesArg,
     out: str = typer.Option(..., "--out", "-o", help="where to write the model"),
     dtype: str | None = typer.Option(None, "--dtype", help="f16 | bf16 | f32 (default: the run's compute dtype)"),
     overwrite: bool = OverwriteOpt,
     push_to_hub: str | None = typer.Option(None, "--push-to-hub", help="also upload to this hub repo (needs a token)"),
+    device: str | None = DeviceOpt,
     as_json: bool = JsonOpt,
 ):
     """Write a run as one standalone model dir that transformers (4.x and 5.x), vLLM/TGI and llama.cpp's
@@ -263,7 +275,7 @@ def export_(
 
     if dtype is not None and dtype not in export.DTYPES:
         raise UserError(f"--dtype {dtype}: use one of {', '.join(export.DTYPES)}")
-    STATE["recipe"] = recipe = resolve_target(run_dir, [])
+    STATE["recipe"] = recipe = resolve_target(run_dir, _with_device(overrides, device))
     if push_to_hub:
         export.require_hub_token(push_to_hub)
     _quiet_libraries()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from ftcli.errors import UserError
+from ftcli.errors import RecipeError, UserError
 from ftcli.recipe.schema import Recipe
 
 WORKER_ENV = "FTCLI_WORKER"  # set in workers: the run dir is already open, the recipe frozen
@@ -31,11 +31,28 @@ def is_main_process() -> bool:
 
 
 def processes_per_machine(recipe: Recipe) -> int:
-    n = recipe.launch.num_processes
-    if n == "auto":
-        import torch
+    """Worker processes on this machine: one per GPU, never more than there are (each takes one whole GPU);
+    any number of CPU workers with launch.device: cpu."""
+    from ftcli.models.hardware import device_of
 
-        return max(torch.cuda.device_count(), 1)
+    n = recipe.launch.num_processes
+    device = device_of(recipe)
+    if device != "cuda":
+        if n == "auto" or n == 1:
+            return 1
+        if device == "mps":
+            raise RecipeError("several processes need one CUDA GPU each, or CPU workers (launch.device: cpu); MPS "
+                              "runs one process", key="launch.num_processes")  # fmt: skip
+        return n
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if n == "auto":
+        return gpus
+    if n > gpus:
+        raise RecipeError(f"{n} processes, but this machine has {gpus} GPU{'s' if gpus != 1 else ''} (one each); set "
+                          f"launch.num_processes: {gpus} (or auto), or launch.device: cpu to run CPU workers",
+                          key="launch.num_processes")  # fmt: skip
     return n
 
 
@@ -45,6 +62,8 @@ def wants_workers(recipe: Recipe) -> bool:
 
 def accelerate_config(recipe: Recipe, precision: str) -> dict:
     """The accelerate config file for this recipe, or the user's own (`launch.config_file`)."""
+    from ftcli.models.hardware import device_of
+
     launch = recipe.launch
     if launch.config_file:
         return yaml.safe_load(Path(launch.config_file).read_text())
@@ -56,6 +75,7 @@ def accelerate_config(recipe: Recipe, precision: str) -> dict:
         "num_processes": processes_per_machine(recipe) * launch.num_machines,  # accelerate counts all machines
         "main_process_port": launch.main_process_port,
         "mixed_precision": precision if precision in ("bf16", "fp16") else "no",
+        "use_cpu": device_of(recipe) == "cpu",
         "rdzv_backend": "static",
         "same_network": True,
         "main_training_function": "main",
@@ -122,7 +142,7 @@ def run_workers(recipe: Recipe, command: str, precision: str, overwrite: bool, r
     config_path = private / CONFIG_NAME
     config_path.write_text(yaml.safe_dump(accelerate_config(recipe, precision), sort_keys=False))
     cmd = launch_command(command, out, recipe_file, config_path, resume)
-    report.console.print(f"[dim]launching: {shlex.join(cmd)}[/]")
+    report.phase(f"launching: {shlex.join(cmd)}")
     # Workers' stdout goes to our stderr: stdout is for this command's result only.
     proc = subprocess.Popen(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True, bufsize=1,
                             env={**os.environ, WORKER_ENV: "1"}, start_new_session=True)  # fmt: skip

@@ -33,19 +33,18 @@ def run(command: str, recipe: Recipe, overwrite: bool, resume: bool, launcher: s
     when the recipe asks for more than one; the task's module (ftcli.tasks.<task>) does the training."""
     check_command(command, recipe)
     from ftcli import dispatch
-    from ftcli.tasks.runner import check_hardware
+    from ftcli.models.hardware import check_hardware, device_of, precision
 
     check_hardware(recipe)  # before any run dir is created or worker started
 
     workers = launcher == "accelerate" or (launcher == "auto" and dispatch.wants_workers(recipe))
     if workers and not dispatch.in_worker():
-        from ftcli.tasks.runner import precision
-
         if dry_run:
             return dispatch.dry_run(recipe, command, precision(recipe), resume)
         return dispatch.run_workers(recipe, command, precision(recipe), overwrite, resume)
     if dry_run:
-        return {"config": None, "command": f"in-process: ftcli {command} (one process)"}
+        return {"config": None, "command": f"in-process: ftcli {command} (one process on the {device_of(recipe)}"
+                f"{_why_one_process(recipe, launcher)})"}
     import importlib
 
     module = importlib.import_module(f"ftcli.tasks.{'sft' if recipe.task == 'pretrain' else recipe.task}")
@@ -57,3 +56,16 @@ def run_prepare(recipe: Recipe) -> dict:
     from ftcli.tasks import prepare
 
     return prepare.run(recipe)
+
+
+def _why_one_process(recipe: Recipe, launcher: str) -> str:
+    """What a dry run must not hide: the launch settings that one in-process run leaves unused."""
+    launch = recipe.launch
+    if launcher == "python" and (launch.num_processes != 1 or launch.num_machines > 1):
+        why = "--launcher python runs one process whatever launch: says"
+    elif launch.num_processes == "auto":
+        why = "launch.num_processes: auto found no GPU"
+    else:
+        return ""
+    unused = f", so launch.strategy {launch.strategy} is not used" if launch.strategy != "ddp" else ""
+    return f"; {why}{unused}"

@@ -15,6 +15,12 @@ from rich.table import Table
 console = Console(stderr=True, highlight=False)
 
 
+def phase(text: str) -> None:
+    """One line on stderr when a long step starts (loading a model, tokenizing, saving), so a log shows where a
+    command is while it works."""
+    console.print(f"[dim]{text}[/]")
+
+
 def human(n: float) -> str:
     for unit in ("", "K", "M", "B"):
         if abs(n) < 1000:

@@ -6,7 +6,7 @@ import pytest
 
 from ftcli.recipe import load_recipe
 from ftcli.recipe.catalog import bundled_recipes
-from ftcli.recipe.reference import markdown
+from ftcli.recipe.reference import document
 from tests.helpers import ROOT
 
 RECIPES = bundled_recipes()
@@ -50,5 +50,5 @@ def test_bundled_recipe_validates_and_describes_itself(name, path, description, 
         assert recipe.model.name.startswith("builtin:")
 
 
-def test_readme_reference_is_current():
-    assert markdown() in (ROOT / "README.md").read_text()
+def test_the_key_reference_is_current():
+    assert (ROOT / "docs" / "recipe-reference.md").read_text() == document()

@@ -13,6 +13,7 @@ from ftcli.errors import UserError
 from ftcli.infer.generate import generation_kwargs, result
 from ftcli.infer.inputs import Item
 from ftcli.infer.prompting import prompt_ids, stop_ids
+from ftcli.models.hardware import input_device
 from ftcli.recipe.schema import InferSpec, Recipe
 
 
@@ -37,13 +38,15 @@ def describe(model, tokenizer, processor, items: list[Item], spec: InferSpec, te
         ids = ids if ids and ids[0] == begin else [begin, *ids]
         groups[len(ids)].append((item, ids))
     torch.manual_seed(spec.seed)
+    device = input_device(model)
     done: dict[int, list[dict]] = {}
     for length, group in groups.items():
         for start in range(0, len(group), spec.batch_size):
             batch = group[start : start + spec.batch_size]
             pixels = processor(images=[load_rgb(item.fields["image"]) for item, _ in batch], return_tensors="pt")
             began = time.perf_counter()
-            out = model.generate(pixels["pixel_values"], torch.tensor([ids for _, ids in batch]), **kwargs)
+            out = model.generate(pixels["pixel_values"].to(device), torch.tensor([ids for _, ids in batch], device=device),
+                                 **kwargs)  # fmt: skip
             seconds = time.perf_counter() - began
             for row, ids in enumerate(out.tolist()):
                 item = batch[row // spec.num_return_sequences][0]

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 from ftcli.infer.inputs import Item
 from ftcli.infer.prompting import prompt_ids, stop_ids
+from ftcli.models.hardware import input_device
 from ftcli.recipe.schema import InferSpec
 
 
@@ -16,13 +17,14 @@ def generate(model, tokenizer, items: list[Item], spec: InferSpec, template: str
     stops = stop_ids(tokenizer, template)
     kwargs = generation_kwargs(spec, tokenizer, stops)
     torch.manual_seed(spec.seed)
+    device = input_device(model)
     encoded = [prompt_ids(tokenizer, template, item.fields) for item in items]
     for start in range(0, len(items), spec.batch_size):
         batch = encoded[start : start + spec.batch_size]
         width = max(len(ids) for ids in batch)
         pad = tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch])
-        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch])
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch], device=device)
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=device)
         began = time.perf_counter()
         with torch.no_grad():
             out = model.generate(input_ids=input_ids, attention_mask=mask, streamer=stream, **kwargs)

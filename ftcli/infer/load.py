@@ -4,18 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ftcli import report
 from ftcli.errors import RecipeError
+from ftcli.models.hardware import compute_dtype, device_of
 from ftcli.models.load import inference_config, load_base_model, load_tokenizer
 from ftcli.recipe.schema import Recipe
 
 
 def load_for_inference(recipe: Recipe):
-    """(model in eval mode with its KV cache on, tokenizer). A run dir's own tokenizer (with the chat template
-    it was trained with) wins over the base's."""
+    """(model in eval mode with its KV cache on, on the recipe's device, tokenizer). A run dir's own tokenizer (with
+    the chat template it was trained with) wins over the base's."""
     adapter = recipe.model.adapter
     own = adapter and (Path(adapter) / "tokenizer_config.json").exists()
     tokenizer = load_tokenizer(recipe.model, source=adapter if own else None)
-    model = load_base_model(recipe)
+    device = device_of(recipe)
+    report.phase(f"loading {recipe.model.name}{f' + {adapter}' if adapter else ''} on the {device} "
+                 f"({str(compute_dtype(recipe)).removeprefix('torch.')})")
+    model = load_base_model(recipe, device=device)
     if adapter:
         import peft
 

@@ -7,6 +7,7 @@ from ftcli import report
 from ftcli.data.collate import PackedCollator, PaddedCollator
 from ftcli.data.prepare import prepare_data
 from ftcli.errors import UserError
+from ftcli.models.hardware import input_device
 from ftcli.recipe.schema import ALIGN_TASKS, Recipe
 
 
@@ -20,15 +21,17 @@ def perplexity(model, tokenizer, recipe: Recipe, split: str | None, batch_size: 
                         "ftcli infer RECIPE --mode perplexity model.name=DIR")  # fmt: skip
     if recipe.task in ALIGN_TASKS:
         raise UserError(f"perplexity needs text/chat data; task {recipe.task} has preference pairs")
-    prepared = prepare_data(recipe, tokenizer, log=lambda m: report.console.print(f"[dim]{m}[/]"))
+    prepared = prepare_data(recipe, tokenizer, log=report.phase)
     split = split or ("eval" if prepared.eval is not None else "train")
     rows = prepared.eval if split == "eval" else prepared.train
     if rows is None:
         raise UserError("the recipe holds out no eval data (data.eval_fraction / eval_sources); use --split train")
+    device = input_device(model)
     collate = (PackedCollator if prepared.packed else PaddedCollator)(tokenizer.pad_token_id)
     total_loss, total_tokens = 0.0, 0
     for start in range(0, len(rows), batch_size):
         batch = collate([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
+        batch = {k: v.to(device) for k, v in batch.items()}
         labels = batch.pop("labels")
         with torch.no_grad():
             logits = model(**batch).logits.float()

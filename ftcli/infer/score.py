@@ -8,11 +8,13 @@ from collections.abc import Iterator
 from ftcli.data.pairs import PairTokenizer
 from ftcli.errors import DataError
 from ftcli.infer.inputs import Item
+from ftcli.models.hardware import input_device
 
 
 def score(model, tokenizer, items: list[Item], template: str | None) -> Iterator[dict]:
     import torch
 
+    device = input_device(model)
     pairs = PairTokenizer(tokenizer, {}, template, 10**9, 10**9, "truncate")
     for item in items:
         f = item.fields
@@ -21,7 +23,8 @@ def score(model, tokenizer, items: list[Item], template: str | None) -> Iterator
             raise DataError(f"{item.where}: scoring needs 'response' (or 'chosen' and 'rejected') next to 'prompt'")
         prompt, *completions = pairs.encode(f.get("messages") or f["prompt"], answers)
         with torch.no_grad():
-            values = [model(input_ids=torch.tensor([prompt + c])).logits[0, 0].item() for c in completions]
+            values = [model(input_ids=torch.tensor([prompt + c], device=device)).logits[0, 0].item()
+                      for c in completions]  # fmt: skip
         if len(values) == 2:
             yield {"index": item.index, "chosen_score": values[0], "rejected_score": values[1],
                    "winner": "chosen" if values[0] > values[1] else "rejected"}  # fmt: skip

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 from ftcli.errors import RecipeError, UserError
@@ -45,22 +44,14 @@ def load_tokenizer(spec: ModelSpec, source: str | None = None):
     return tokenizer
 
 
-def compute_dtype(recipe: Recipe):
-    """The training dtype: explicit in the recipe, else bf16 on GPUs that have it, else fp32."""
-    import torch
-
-    choice = recipe.model.dtype
-    if choice == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[choice]
-
-
 def quantization_config(recipe: Recipe):
     method = recipe.method
     if method.type != "qlora":
         return None
     import torch
     from transformers import BitsAndBytesConfig
+
+    from ftcli.models.hardware import compute_dtype
 
     if method.bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
@@ -73,11 +64,14 @@ def quantization_config(recipe: Recipe):
     )
 
 
-def load_base_model(recipe: Recipe, device_map=None):
-    """The base model, quantized for QLoRA, in the recipe's dtype: a causal LM, or for `task: reward` the same
-    checkpoint with a one-output sequence-classification head (new, seeded) on top. Pickle weights are refused
-    unless model.allow_pickle (see refuse_pickle)."""
+def load_base_model(recipe: Recipe, device: str | None = None):
+    """The base model in the compute dtype, quantized for QLoRA: a causal LM, or for `task: reward` the same
+    checkpoint with a one-output sequence-classification head (new, seeded) on top. Without `device` it stays
+    where it loads (for training: the Trainer or the distributed engine places it); inference loads it onto
+    `device`. Pickle weights are refused unless model.allow_pickle (see refuse_pickle)."""
     import transformers
+
+    from ftcli.models.hardware import compute_dtype, quantized_device_map
 
     spec = recipe.model
     refuse_pickle(spec)
@@ -94,14 +88,10 @@ def load_base_model(recipe: Recipe, device_map=None):
     if recipe.task == "reward":
         auto, kwargs["num_labels"] = transformers.AutoModelForSequenceClassification, 1
         transformers.set_seed(recipe.training.seed)  # the score head is freshly initialized
-    if device_map is not None:
-        kwargs["device_map"] = device_map
-    elif recipe.method.type == "qlora":
-        import torch
-
-        # one whole copy per process, on that process's GPU (accelerate workers set LOCAL_RANK)
-        local = int(os.environ.get("LOCAL_RANK", torch.cuda.current_device() if torch.cuda.is_available() else 0))
-        kwargs["device_map"] = {"": local} if torch.cuda.is_available() else {"": "cpu"}
+    if recipe.method.type == "qlora":
+        kwargs["device_map"] = quantized_device_map(recipe)
+    elif device is not None:
+        kwargs["device_map"] = {"": device}
     quiet = contextlib.nullcontext()
     if recipe.task == "reward":  # the new score head and the unused lm_head are expected, not worth a report
         from trl.trainer.reward_trainer import suppress_seqcls_warning

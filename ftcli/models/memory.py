@@ -7,13 +7,14 @@ import os
 GIB = 1024**3
 
 
-def available_memory() -> tuple[int, str]:
-    """Bytes the run may use, and where that number came from. FTCLI_MEMORY_LIMIT_GB overrides (tests, shared GPUs)."""
+def available_memory(device: str) -> tuple[int, str]:
+    """Bytes the run may use on `device`, and where that number came from. FTCLI_MEMORY_LIMIT_GB overrides (tests,
+    shared GPUs)."""
     if os.environ.get("FTCLI_MEMORY_LIMIT_GB"):
         return int(float(os.environ["FTCLI_MEMORY_LIMIT_GB"]) * GIB), "FTCLI_MEMORY_LIMIT_GB"
     import torch
 
-    if torch.cuda.is_available():
+    if device == "cuda":
         free, _total = torch.cuda.mem_get_info()
         return free, "free GPU memory"
     import psutil
@@ -22,13 +23,13 @@ def available_memory() -> tuple[int, str]:
 
 
 def estimate_training_bytes(model, tokens_per_step: int, checkpointing: bool) -> int:
-    """Weights + gradients + AdamW state of trainable weights + activations (Korthikanti et al.'s 34·h bytes per
-    token and layer in 16-bit, fused attention) + the logits and their gradient."""
+    """Weights (trained ones as fp32 masters) + their fp32 gradients and AdamW state + activations (Korthikanti et
+    al.'s 34·h bytes per token and layer in 16-bit, fused attention) + the logits and their gradient."""
     config = getattr(model, "config", None)
     hidden = getattr(config, "hidden_size", 0) or 0
     layers = getattr(config, "num_hidden_layers", 0) or 0
     vocab = getattr(config, "vocab_size", 0) or 0
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    weights = sum(p.numel() * (4 if p.requires_grad else p.element_size()) for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     optimizer = trainable * (4 + 8)  # fp32 gradient + two fp32 Adam moments
     act_bytes = next(model.parameters()).element_size() if hidden else 4
@@ -40,11 +41,11 @@ def estimate_training_bytes(model, tokens_per_step: int, checkpointing: bool) ->
     return weights + optimizer + activations + logits
 
 
-def choose_gradient_checkpointing(setting, model, tokens_per_step: int) -> tuple[bool, str]:
+def choose_gradient_checkpointing(setting, model, tokens_per_step: int, device: str = "cpu") -> tuple[bool, str]:
     if isinstance(setting, bool):
         return setting, "set in the recipe"
     need = estimate_training_bytes(model, tokens_per_step, checkpointing=False)
-    have, where = available_memory()
+    have, where = available_memory(device)
     if need <= 0.8 * have:
         return False, f"off: ~{need / GIB:.2f} GiB needed fits in {have / GIB:.1f} GiB ({where})"
     return True, f"on: ~{need / GIB:.2f} GiB needed without it exceeds 80% of {have / GIB:.1f} GiB ({where})"

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ftcli.errors import RecipeError
 from ftcli.models.builtin import builtin_path, is_builtin
-from ftcli.models.load import compute_dtype, load_base_model, load_tokenizer
+from ftcli.models.hardware import compute_dtype
+from ftcli.models.load import load_base_model, load_tokenizer
 from ftcli.models.methods import logical_numel
 from ftcli.recipe.schema import Recipe
 
@@ -24,22 +25,34 @@ ATTENTION_QKV = ("q_proj", "k_proj", "v_proj", "query_key_value", "Wqkv", "c_att
 PARTS = ("vision", "projection", "lm", "head", "adapters")
 
 
-def build_git(recipe: Recipe, gradient_checkpointing: bool = False, for_training: bool = True):
+def build_git(recipe: Recipe, for_training: bool = True):
     """(GitLLM, image processor) with the method applied; for inference the trainable layout is rebuilt the
-    same way so a run's saved tensors load by name."""
+    same way so a run's saved tensors load by name, and the whole model is put on the recipe's device."""
     from ftcli.models.git import GitLLM
+    from ftcli.models.hardware import device_of
 
     vision, processor = load_vision(recipe)
     lm = load_base_model(recipe)
     model = GitLLM(vision, lm)  # the projection is created here, from the seed set before
     model.projection.to(compute_dtype(recipe))
-    _apply_lora(model, recipe, gradient_checkpointing)
+    _apply_lora(model, recipe)
     _select_trainable(model, recipe)
     if recipe.model.adapter:  # continue from an earlier GIT run (e.g. stage 1 projection -> stage 2 LoRA)
         load_trained(model, Path(recipe.model.adapter), key="model.adapter")
     if not for_training:
         model.requires_grad_(False)
+        _to_device(model, device_of(recipe))
     return model, processor
+
+
+def _to_device(model, device: str) -> None:
+    """A 4-bit LM was placed by bitsandbytes when it loaded; the rest follows it there."""
+    quantized = getattr(model.lm, "is_loaded_in_4bit", False) or getattr(model.lm, "is_loaded_in_8bit", False)
+    if quantized:
+        model.vision.to(device)
+        model.projection.to(device)
+    else:
+        model.to(device)
 
 
 def load_vision(recipe: Recipe):
@@ -70,14 +83,13 @@ def load_vision(recipe: Recipe):
     return vision, processor
 
 
-def _apply_lora(model, recipe: Recipe, gradient_checkpointing: bool) -> None:
+def _apply_lora(model, recipe: Recipe) -> None:
     method = recipe.method
     if method.type not in ("lora", "qlora"):
         return
     import peft
 
-    if method.type == "qlora":  # norms to fp32, input grads on: peft's recipe for training on a k-bit base
-        peft.prepare_model_for_kbit_training(model.lm, use_gradient_checkpointing=gradient_checkpointing)
+    # a QLoRA LM keeps its non-quantized weights in the compute dtype, as in models/methods.py
     patterns = [_target_pattern("lm", model.lm, recipe)]
     if recipe.multimodal.vision_lora:
         patterns.append(_target_pattern("vision", model.vision, None))
@@ -228,11 +240,14 @@ def save_git_outputs(model, tokenizer, processor, recipe: Recipe, out: Path, cou
 def load_git_for_inference(recipe: Recipe):
     """(model, tokenizer, image processor) of the caption run dir in `model.adapter`, rebuilt from its frozen
     recipe: both base checkpoints, the LoRA layout, then the run's trained tensors."""
+    from ftcli import report
+    from ftcli.models.hardware import device_of
     from ftcli.models.load import inference_config
 
     run = Path(recipe.model.adapter)
     own = (run / "tokenizer_config.json").exists()
     tokenizer = load_tokenizer(recipe.model, source=str(run) if own else None)
+    report.phase(f"loading {recipe.multimodal.vision_model} + {recipe.model.name} + {run} on the {device_of(recipe)}")
     model, processor = build_git(recipe, for_training=False)
     model.eval()
     inference_config(model)

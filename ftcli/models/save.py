@@ -99,9 +99,12 @@ def merge_adapter(recipe: Recipe, adapter_dir: Path, out: Path, dtype: str | Non
     (a torch dtype name) or the compute dtype."""
     import peft
 
+    from ftcli import report
+    from ftcli.models.hardware import device_of
     from ftcli.models.load import load_base_model, load_tokenizer
 
-    base = load_base_model(recipe)
+    report.phase(f"merging {adapter_dir} into {recipe.model.name} on the {device_of(recipe)} -> {out}")
+    base = load_base_model(recipe, device=device_of(recipe))
     if recipe.method.type == "qlora":
         base = base.dequantize()
         if hasattr(base.config, "quantization_config"):
@@ -121,9 +124,12 @@ def _set_use_cache(config_file: Path) -> None:
 
 def save_full(recipe: Recipe, run_dir: Path, out: Path, dtype: str | None = None) -> Path:
     """A full fine-tune's weights re-saved (in `dtype`), with the run's tokenizer files."""
+    from ftcli import report
+    from ftcli.models.hardware import device_of
     from ftcli.models.load import load_base_model, load_tokenizer
 
-    _save_weights(load_base_model(recipe), out, dtype)
+    report.phase(f"re-saving {run_dir} on the {device_of(recipe)} -> {out}")
+    _save_weights(load_base_model(recipe, device=device_of(recipe)), out, dtype)
     save_tokenizer(load_tokenizer(recipe.model), out, run_dir)
     return out
 

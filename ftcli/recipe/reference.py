@@ -1,5 +1,5 @@
-"""Markdown reference of every recipe key, generated from the schema (README's table comes from here):
-python -m ftcli.recipe.reference"""
+"""Markdown reference of every recipe key, generated from the schema:
+python -m ftcli.recipe.reference > docs/recipe-reference.md"""
 
 from __future__ import annotations
 
@@ -60,5 +60,13 @@ def markdown() -> str:
     return "\n".join(lines)
 
 
+def document() -> str:
+    """docs/recipe-reference.md, whole."""
+    return (
+        "# Recipe reference\n\nGenerated from the schema (`python -m ftcli.recipe.reference > docs/recipe-reference.md`);"
+        " every section forbids\nunknown keys, and a misspelt key is an error with a did-you-mean.\n\n" + markdown() + "\n"
+    )
+
+
 if __name__ == "__main__":
-    print(markdown())
+    print(document(), end="")

@@ -56,7 +56,8 @@ class ModelSpec(Strict):
     name: str = Field(description="hub id, local dir, run dir, or builtin:NAME (tiny models made in code)")
     revision: str | None = Field(None, description="hub branch, tag or commit")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="weights dtype; auto = bf16 on GPUs that have it, else fp32"
+        "auto", description="compute dtype (frozen weights, 16-bit autocast); auto = training.precision's, else bf16 "
+        "on GPUs that have it, else fp32. Trained weights stay fp32 unless a full fine-tune names a 16-bit dtype here"
     )
     trust_remote_code: bool = Field(False, description="run the model repo's own Python code (off by default)")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3"] | None = Field(
@@ -201,7 +202,7 @@ class TrainingSpec(Strict):
         "auto", description="auto = on only if a memory estimate says the run would not fit without it"
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="mixed precision; auto = bf16 where the GPU has it, else fp32"
+        "auto", description="mixed precision (autocast); auto = model.dtype's, else bf16 where the GPU has it, else fp32"
     )
     seed: int = Field(42, description="seed of initialization and data order")
     logging_steps: int = Field(10, gt=0, description="log loss/lr every N steps (metrics.jsonl)")
@@ -313,6 +314,10 @@ class FsdpSpec(Strict):
 class LaunchSpec(Strict):
     """Where the run executes: one process here, or accelerate-launched workers (DDP, DeepSpeed, FSDP)."""
 
+    device: Literal["auto", "cuda", "mps", "cpu"] = Field(
+        "auto", description="where every command runs: auto = a CUDA GPU, else Apple MPS, else the CPU; cpu also "
+        "runs several processes as CPU workers"
+    )
     num_processes: int | Literal["auto"] = Field(1, description="processes per machine; auto = every visible GPU")
     num_machines: int = Field(1, gt=0, description="nodes; run the same command on each with its machine_rank")
     machine_rank: int = Field(0, ge=0, description="this node's rank (0 = main)")

@@ -33,7 +33,7 @@ class CaptionSetup(Setup):
         model, self.processor = build_git(recipe)
         tokens = tokens_per_step + recipe.training.batch_size * image_token_count(model)  # image tokens go first
         setting = recipe.training.gradient_checkpointing
-        self.checkpointing, self.checkpointing_why = choose_gradient_checkpointing(setting, model.lm, tokens)
+        self.checkpointing, self.checkpointing_why = choose_gradient_checkpointing(setting, model.lm, tokens, self.device)
         self.parts = part_counts(model)
         return model
 

@@ -10,6 +10,6 @@ from ftcli.recipe.schema import Recipe
 
 def run(recipe: Recipe) -> dict:
     tokenizer = load_tokenizer(recipe.model)
-    prepared = prepare_data(recipe, tokenizer, log=lambda m: report.console.print(f"[dim]{m}[/]"))
+    prepared = prepare_data(recipe, tokenizer, log=report.phase)
     report.print_prepare_stats(prepared.stats, prepared.cache_dir, prepared.cache_hit)
     return {**prepared.stats, "cache_dir": prepared.cache_dir, "cache_hit": prepared.cache_hit}

@@ -14,11 +14,12 @@ from ftcli import dispatch, report
 from ftcli.data.prepare import PreparedData, prepare_data
 from ftcli.data.templates import resolve_template
 from ftcli.errors import RecipeError
-from ftcli.models.load import compute_dtype, load_base_model, load_tokenizer, model_source, training_config
+from ftcli.models.hardware import cast_trained, check_hardware, device_of, precision
+from ftcli.models.load import load_base_model, load_tokenizer, model_source, training_config
 from ftcli.models.memory import choose_gradient_checkpointing
 from ftcli.models.methods import apply_method, parameter_counts
 from ftcli.models.save import save_model_outputs
-from ftcli.recipe.schema import BNB_OPTIMIZERS, Recipe
+from ftcli.recipe.schema import Recipe
 from ftcli.run_dir import freeze_recipe, newest_checkpoint, open_run_dir, run_dir_of
 from ftcli.tasks.guards import Stopped, atomic_checkpoints, make_guards
 
@@ -59,10 +60,10 @@ class Setup:
     def __init__(self, recipe: Recipe, tokens_per_step: int):
         check_hardware(recipe)
         self.recipe = recipe
+        self.device = device_of(recipe)
         self.tokenizer = load_tokenizer(recipe.model)
-        with _main_process_first():  # workers: the main one tokenizes into the cache, the others then read it
-            self.data: PreparedData = prepare_data(recipe, self.tokenizer,
-                                                   log=lambda m: report.console.print(f"[dim]{m}[/]"))  # fmt: skip
+        with _main_process_first(recipe):  # workers: the main one tokenizes into the cache, the others then read it
+            self.data: PreparedData = prepare_data(recipe, self.tokenizer, log=report.phase)
         report.print_prepare_stats(self.data.stats, self.data.cache_dir, self.data.cache_hit)
         import transformers
 
@@ -84,12 +85,14 @@ class Setup:
         model = load_base_model(recipe)
         if recipe.task == "reward" and model.config.pad_token_id is None:
             model.config.pad_token_id = self.tokenizer.pad_token_id  # the score is read at the last non-pad token
+        model = apply_method(model, recipe, model_source(recipe.model))
         if recipe.method.type == "prefix":  # its learned prefix lives in the KV cache, which checkpointing cannot replay
             self.checkpointing, self.checkpointing_why = False, "off: prefix tuning cannot use it"
-        else:
+        else:  # estimated on the adapted model: only what it trains has gradients and optimizer state
             setting = recipe.training.gradient_checkpointing
-            self.checkpointing, self.checkpointing_why = choose_gradient_checkpointing(setting, model, tokens_per_step)
-        return apply_method(model, recipe, model_source(recipe.model), self.checkpointing)
+            self.checkpointing, self.checkpointing_why = choose_gradient_checkpointing(setting, model, tokens_per_step,
+                                                                                        self.device)  # fmt: skip
+        return model
 
     def plan_rows(self) -> list[tuple[str, str]]:
         """Task-specific rows for the plan table."""
@@ -106,7 +109,6 @@ class Setup:
 
 def training_args(config_cls, recipe: Recipe, out: Path, setup: Setup, **extra):
     """The recipe's training block as a TRL config (a TrainingArguments subclass)."""
-    import torch
 
     t = recipe.training
     return config_cls(
@@ -125,7 +127,7 @@ def training_args(config_cls, recipe: Recipe, out: Path, setup: Setup, **extra):
         **_checkpointing_args(config_cls, setup.checkpointing),
         bf16=setup.precision == "bf16",
         fp16=setup.precision == "fp16",
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=device_of(recipe) == "cpu",
         seed=t.seed,
         data_seed=t.seed,
         logging_steps=t.logging_steps,
@@ -175,14 +177,13 @@ def train_and_save(trainer, setup: Setup, out: Path, resume: bool, callback, on_
     from transformers.trainer_callback import PrinterCallback
 
     recipe = setup.recipe
-    if recipe.method.type == "qlora":
-        _adapter_to_compute_dtype(trainer.model, recipe)
+    setup.weights_dtype = cast_trained(trainer.model, recipe)  # after the trainer: TRL casts QLoRA adapters to bf16
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts to stdout, which is for results
     trainer.add_callback(make_guards())
     atomic_checkpoints(trainer)  # a save killed midway leaves no checkpoint-N
     _print_plan(setup, trainer)
     checkpoint = newest_checkpoint(out) if resume else None
-    with _quantized_training_guard(recipe, trainer.model):
+    with _numerics(setup, trainer.model):
         start = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         train_seconds = time.perf_counter() - start
@@ -209,11 +210,13 @@ def train_and_save(trainer, setup: Setup, out: Path, resume: bool, callback, on_
         "best_eval_loss": min(evals) if evals else None,
         "train_seconds": round(train_seconds, 2),
         "step_time_s": report.step_time_percentiles(callback.step_times),
-        "peak_memory_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else _peak_rss(),
-        "peak_memory_kind": "cuda_allocated" if torch.cuda.is_available() else "process_rss",
+        "peak_memory_bytes": torch.cuda.max_memory_allocated() if setup.device == "cuda" else _peak_rss(),
+        "peak_memory_kind": "cuda_allocated" if setup.device == "cuda" else "process_rss",
         "parameters": {"total": setup.total, "trainable": setup.trainable},
         "gradient_checkpointing": {"enabled": setup.checkpointing, "reason": setup.checkpointing_why},
         "precision": setup.precision,
+        "device": setup.device,
+        "weights_dtype": setup.weights_dtype,
         "learning_rate": setup.learning_rate,
         "data": {"cache_hit": setup.data.cache_hit, "cache_dir": setup.data.cache_dir, "packed": setup.data.packed,
                  "train_rows": len(setup.data.train), "eval_rows": len(setup.data.eval) if setup.has_eval else 0},
@@ -228,39 +231,12 @@ def train_and_save(trainer, setup: Setup, out: Path, resume: bool, callback, on_
     return summary
 
 
-def _main_process_first():
+def _main_process_first(recipe: Recipe):
     if not dispatch.in_worker():
         return contextlib.nullcontext()
-    import torch
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available()).main_process_first()
-
-
-def precision(recipe: Recipe) -> str:
-    import torch
-
-    choice = recipe.training.precision
-    if choice == "auto":
-        dtype = compute_dtype(recipe)
-        return "bf16" if dtype == torch.bfloat16 else "fp16" if dtype == torch.float16 else "fp32"
-    return choice
-
-
-def check_hardware(recipe: Recipe) -> None:
-    import torch
-
-    cuda = torch.cuda.is_available()
-    if recipe.training.precision == "fp16" and not cuda:
-        raise RecipeError("fp16 mixed precision needs a CUDA GPU; use fp32 or bf16 on a CPU", key="training.precision")
-    if recipe.training.precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
-        raise RecipeError("this GPU has no bf16; use fp16", key="training.precision")
-    if recipe.training.optimizer in BNB_OPTIMIZERS and not cuda:
-        raise RecipeError(
-            f"{recipe.training.optimizer} is a bitsandbytes CUDA optimizer; on a CPU set training.optimizer: "
-            "adamw_torch (ftcli does not swap it silently)",
-            key="training.optimizer",
-        )
+    return PartialState(cpu=device_of(recipe) == "cpu").main_process_first()
 
 
 def _checkpointing_args(config_cls, enabled: bool) -> dict:
@@ -270,28 +246,22 @@ def _checkpointing_args(config_cls, enabled: bool) -> dict:
             f"{name}_checkpointing_kwargs": {"use_reentrant": False} if enabled else None}  # fmt: skip
 
 
-def _quantized_training_guard(recipe: Recipe, model):
-    import torch
-
-    if recipe.method.type == "qlora" and recipe.method.bits == 4 and not torch.cuda.is_available():
+def _numerics(setup: Setup, model):
+    """What the training loop runs under besides autocast. On a CPU, bitsandbytes' inference-only 4-bit layout is
+    held off (see models/bnb_cpu.py). Under 16-bit autocast peft would cast each LoRA layer's input to its fp32
+    weights (a full-size copy per adapted layer, saved for backward, that autocast casts right back): the input
+    stays as it is and autocast runs the adapter's matmul in 16 bits from the fp32 weights."""
+    recipe = setup.recipe
+    stack = contextlib.ExitStack()
+    if recipe.method.type == "qlora" and recipe.method.bits == 4 and setup.device == "cpu":
         from ftcli.models.bnb_cpu import training_layout
 
-        return training_layout(model)
-    return contextlib.nullcontext()
+        stack.enter_context(training_layout(model))
+    if recipe.method.type in ("lora", "qlora") and setup.precision in ("bf16", "fp16"):
+        from peft.helpers import disable_input_dtype_casting
 
-
-def _adapter_to_compute_dtype(model, recipe: Recipe) -> None:
-    """TRL casts QLoRA adapter weights to bf16 (the paper's GPU setting) whatever the compute dtype. Where compute
-    is fp32 (CPUs, GPUs without bf16) that only loses precision, and the saved bf16 adapter then reloads upcast to
-    fp32 and no longer gives the trained model's logits; keep adapters in the compute dtype instead."""
-    from ftcli.models.load import quantization_config
-
-    dtype = getattr(quantization_config(recipe), "bnb_4bit_compute_dtype", None)
-    if dtype is None or recipe.method.bits == 8:
-        dtype = compute_dtype(recipe)
-    for name, param in model.named_parameters():
-        if param.requires_grad and "lora_magnitude_vector" not in name:
-            param.data = param.data.to(dtype)
+        stack.enter_context(disable_input_dtype_casting(model))
+    return stack
 
 
 def _print_plan(setup: Setup, trainer) -> None:
@@ -309,7 +279,7 @@ def _print_plan(setup: Setup, trainer) -> None:
         *setup.plan_rows(),
         ("steps", f"{trainer.state.max_steps or _planned_steps(trainer)} (effective batch {effective})"),
         ("learning rate", f"{setup.learning_rate:g} ({t.lr_scheduler})"),
-        ("precision", setup.precision),
+        ("precision", f"{setup.precision} on {setup.device} (trained weights {setup.weights_dtype})"),
         ("gradient checkpointing", setup.checkpointing_why),
         ("output", str(trainer.args.output_dir)),
     ]  # fmt: skip
