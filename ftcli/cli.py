@@ -3,14 +3,17 @@ time, so `ftcli --help` and `ftcli validate` stay instant."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 
 import typer
 
 from ftcli import __version__
-from ftcli.errors import RecipeError, UserError
+from ftcli.errors import RecipeError, UserError, environment_error
 
 app = typer.Typer(
     add_completion=False,
@@ -19,7 +22,6 @@ app = typer.Typer(
     rich_markup_mode=None,
     help="Fine-tune LLMs from one YAML recipe: ftcli train recipe.yaml [key.path=value ...]",
 )
-STATE = {"debug": False, "recipe": None}
 
 RecipeArg = typer.Argument(..., help="recipe YAML file (or a bundled recipe name, see `ftcli recipes`)")
 OverridesArg = typer.Argument(None, help="dotted overrides, e.g. training.learning_rate=1e-4", show_default=False)
@@ -42,27 +44,39 @@ def _root(
     debug: bool = typer.Option(False, "--debug", help="show tracebacks and library logs"),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version"),
 ) -> None:
-    STATE["debug"] = debug
     if debug:
-        import os
-
         os.environ["FTCLI_DEBUG"] = "1"  # reaches accelerate-launched workers too
+    else:
+        os.environ.pop("FTCLI_DEBUG", None)
+
+
+def _debug() -> bool:
+    return os.environ.get("FTCLI_DEBUG") == "1"
 
 
 def _load(recipe: str, overrides: list[str] | None):
     from ftcli.recipe import load_recipe
     from ftcli.recipe.catalog import find_recipe
 
-    STATE["recipe"] = load_recipe(find_recipe(recipe), overrides or [])
-    return STATE["recipe"]
+    return load_recipe(find_recipe(recipe), overrides or [])
+
+
+@contextlib.contextmanager
+def _located(recipe):
+    """Errors found after the recipe loaded (an optimizer on a CPU, a LoRA target, ...) still name its YAML line."""
+    try:
+        yield recipe
+    except RecipeError as exc:
+        if exc.key and not exc.where:
+            exc.where = recipe.where(exc.key)
+        raise
 
 
 def _quiet_libraries() -> None:
     """Library progress bars and info logs would drown ours; --debug brings them back."""
-    if STATE["debug"]:
+    if _debug():
         return
     import logging
-    import os
     import warnings
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -86,10 +100,12 @@ def validate(recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg
     import yaml
 
     from ftcli import launch
+    from ftcli.run_dir import recipe_document
 
     loaded = _load(recipe, overrides)
-    launch.check_runnable(loaded)
-    resolved = loaded.model_dump(mode="json")
+    with _located(loaded):
+        launch.check_runnable(loaded)
+    resolved = recipe_document(loaded)  # what the run freezes: secrets from the environment as ${env:NAME}
     if as_json:
         typer.echo(json.dumps(resolved, indent=2))
     else:
@@ -103,7 +119,8 @@ def prepare(recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg,
 
     loaded = _load(recipe, overrides)
     _quiet_libraries()
-    result = launch.run_prepare(loaded)
+    with _located(loaded):
+        result = launch.run_prepare(loaded)
     if as_json:
         typer.echo(json.dumps(result, indent=2, default=str))
 
@@ -137,7 +154,8 @@ def _run(command, recipe, overrides, overwrite, resume, launcher, dry_run, as_js
         raise UserError(f"--launcher {launcher}: use auto, python or accelerate")
     loaded = _load(recipe, overrides)
     _quiet_libraries()
-    result = launch.run(command, loaded, overwrite=overwrite, resume=resume, launcher=launcher, dry_run=dry_run)
+    with _located(loaded):
+        result = launch.run(command, loaded, overwrite=overwrite, resume=resume, launcher=launcher, dry_run=dry_run)
     if dry_run and not as_json:
         import shlex
 
@@ -174,6 +192,7 @@ def infer(
 ):
     """Generate, score (reward models) or measure perplexity with a trained run or a recipe's model. Results,
     one per line in input order, go to stdout (JSONL with --json)."""
+    _require_stdout()
     from ftcli.infer.run import run_infer
     from ftcli.infer.target import resolve_target
 
@@ -181,14 +200,15 @@ def infer(
            "temperature": temperature, "top_p": top_p, "top_k": top_k, "num_return_sequences": num_return_sequences,
            "seed": seed}  # fmt: skip
     extra = [f"infer.{k}={json.dumps(v)}" for k, v in cli.items() if v is not None]
-    STATE["recipe"] = loaded = resolve_target(target, [*_with_device(overrides, device), *extra])
+    loaded = resolve_target(target, [*_with_device(overrides, device), *extra])
     _quiet_libraries()
 
     def emit(line: str) -> None:
         typer.echo(line)
         sys.stdout.flush()
 
-    run_infer(loaded, prompt, input_path, as_json, chat, split, emit, image)
+    with _located(loaded):
+        run_infer(loaded, prompt, input_path, as_json, chat, split, emit, image)
 
 
 @app.command(name="eval")
@@ -207,27 +227,20 @@ def evaluate(
 ):
     """Run lm-evaluation-harness tasks in-process (pip install "ftcli[eval]"). The table (or --json) goes to
     stdout; a run dir also keeps every evaluation in its eval.json."""
+    _require_stdout()
     from ftcli import report
-    from ftcli.infer.evaluate import rows, run_eval
+    from ftcli.infer.evaluate import check_evaluable, record, rows, run_eval
     from ftcli.infer.target import resolve_target, starting_model
-    from ftcli.run_dir import RESOLVED
 
     overrides = _with_device(overrides, device)
-    STATE["recipe"] = loaded = resolve_target(target, overrides)
-    if loaded.task in ("caption", "reward"):
-        raise UserError(f"task {loaded.task}: lm-eval's tasks score a text LM's likelihoods and generations")
-    if loaded.method.type == "prompt":  # peft puts the virtual tokens' positions in front of the logits
-        raise UserError("a prompt-tuning run shifts its logits by its virtual tokens, which lm-eval would score "
-                        "at the wrong positions; evaluate LoRA, full or prefix runs")  # fmt: skip
+    loaded = resolve_target(target, overrides)
+    check_evaluable(loaded)
     base = starting_model(target, overrides) if compare_base else None
     _quiet_libraries()
     names = [t.strip() for t in tasks.split(",") if t.strip()]
-    result = run_eval(loaded, names, include_path, limit, num_fewshot, batch_size, base)
-    run = Path(target) if (Path(target) / RESOLVED).exists() else None
-    if run is not None:
-        history = run / "eval.json"
-        earlier = json.loads(history.read_text()) if history.exists() else []
-        report.write_json(history, [*earlier, {"target": str(Path(target).resolve()), **result}])
+    with _located(loaded):
+        result = run_eval(loaded, names, include_path, limit, num_fewshot, batch_size, base)
+    record(Path(target), result)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
@@ -248,11 +261,12 @@ def merge(
     from ftcli.infer.target import resolve_target
     from ftcli.models import export
 
-    STATE["recipe"] = recipe = resolve_target(run_dir, _with_device(overrides, device))
+    recipe = resolve_target(run_dir, _with_device(overrides, device))
     if push_to_hub:
         export.require_hub_token(push_to_hub)
     _quiet_libraries()
-    merged = export.export_run(recipe, Path(run_dir), Path(out), overwrite, full_ok=False)
+    with _located(recipe):
+        merged = export.export_run(recipe, Path(run_dir), Path(out), overwrite, full_ok=False)
     result = {"merged": str(merged), "pushed": export.push_to_hub(merged, push_to_hub) if push_to_hub else None}
     typer.echo(json.dumps(result) if as_json else str(merged))
 
@@ -275,11 +289,12 @@ def export_(
 
     if dtype is not None and dtype not in export.DTYPES:
         raise UserError(f"--dtype {dtype}: use one of {', '.join(export.DTYPES)}")
-    STATE["recipe"] = recipe = resolve_target(run_dir, _with_device(overrides, device))
+    recipe = resolve_target(run_dir, _with_device(overrides, device))
     if push_to_hub:
         export.require_hub_token(push_to_hub)
     _quiet_libraries()
-    written = export.export_run(recipe, Path(run_dir), Path(out), overwrite, dtype)
+    with _located(recipe):
+        written = export.export_run(recipe, Path(run_dir), Path(out), overwrite, dtype)
     result = {"exported": str(written), "pushed": export.push_to_hub(written, push_to_hub) if push_to_hub else None}
     typer.echo(json.dumps(result) if as_json else str(written))
 
@@ -299,21 +314,26 @@ def list_recipes(as_json: bool = JsonOpt):
 
 
 def _click_exceptions() -> tuple[tuple, tuple, tuple]:
-    """Newer typer releases vendor their own copy of click; catch both its and click's exception classes."""
-    import click
-
-    exits, usage, aborts = [click.exceptions.Exit, typer.Exit], [click.ClickException], [click.exceptions.Abort, typer.Abort]
+    """typer 0.29+ vendors click and raises its exceptions (public: TyperException, Exit, Abort); older typer
+    raises click's own."""
+    exits, usage, aborts = [typer.Exit], [getattr(typer, "TyperException", ())], [typer.Abort]
     try:
-        from typer._click.exceptions import ClickException
+        import click
 
-        usage.append(ClickException)
+        exits.append(click.exceptions.Exit)
+        usage.append(click.ClickException)
+        aborts.append(click.exceptions.Abort)
     except ImportError:
         pass
-    return tuple(exits), tuple(usage), tuple(aborts)
+    return tuple(exits), tuple(u for u in usage if u), tuple(aborts)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors exit 2 with one line, internal errors exit 1, Ctrl-C exits 130."""
+    """Entry point: user errors exit 2 with one line, internal errors exit 1 naming where they happened, Ctrl-C
+    exits 130 and SIGTERM 143 at any stage; a closed stdout pipe (`| head`) ends quietly with 0."""
+    from ftcli import redact
+
+    redact.add_environment()
     exits, usage_errors, aborts = _click_exceptions()
     command = typer.main.get_command(app)
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -321,31 +341,71 @@ def main(argv: list[str] | None = None) -> None:
         argv.remove("--debug")
         argv.insert(0, "--debug")
     try:
-        command.main(args=argv, prog_name="ftcli", standalone_mode=False)
+        with command.make_context("ftcli", argv) as ctx:
+            command.invoke(ctx)
+        code = 0
     except exits as exc:
-        sys.exit(exc.exit_code)
+        code = exc.exit_code
     except usage_errors as exc:
         exc.show()
-        sys.exit(2)
+        code = 2
     except aborts:
-        sys.exit(130)
-    except UserError as exc:
-        if STATE["debug"]:
-            raise
-        if isinstance(exc, RecipeError) and exc.key and not exc.where and STATE["recipe"] is not None:
-            exc.where = STATE["recipe"].where(exc.key)  # errors found after loading still point at the YAML line
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        code = 130
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    except BrokenPipeError:
-        sys.stderr.close()  # a closed pipe (`| head`) is not an error
-        sys.exit(0)
-    except Exception as exc:
-        if STATE["debug"]:
+        code = 130
+    except UserError as exc:
+        if _debug():
             raise
-        where = Path(sys.exc_info()[2].tb_frame.f_code.co_filename).name if sys.exc_info()[2] else ""
-        print(f"internal error: {type(exc).__name__}: {exc} ({where}; rerun with --debug for the traceback)",
-              file=sys.stderr)  # fmt: skip
-        sys.exit(1)
+        print(redact.mask(f"error: {exc}"), file=sys.stderr)
+        code = exc.exit_code
+    except OSError as exc:
+        if exc.errno == errno.EPIPE:  # a closed pipe (`| head`) is not an error
+            code = 0  # (BrokenPipeError)
+        elif environment_error(exc) and not _debug():
+            print(redact.mask(f"error: {environment_error(exc)}"), file=sys.stderr)
+            code = 2
+        else:
+            code = _internal_error(exc)
+    except Exception as exc:
+        code = _internal_error(exc)
+    _quiet_stdout()
+    sys.exit(code)
+
+
+def _internal_error(exc: Exception) -> int:
+    """One line naming where inside ftcli it broke (the innermost ftcli frame), or the traceback with --debug."""
+    if _debug():
+        raise exc
+    import traceback
+
+    from ftcli import redact
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [f for f in frames if f"{os.sep}ftcli{os.sep}" in f.filename]
+    at = lambda frame: f"{Path(frame.filename).name}:{frame.lineno}"
+    where = f"in {at(frames[-1])}" if frames else "?"
+    if ours and ours[-1] is not frames[-1]:
+        where += f", reached from {at(ours[-1])}"
+    print(redact.mask(f"internal error: {type(exc).__name__}: {exc} ({where}; rerun with --debug for the traceback)"),
+          file=sys.stderr)  # fmt: skip
+    return 1
+
+
+def _quiet_stdout() -> None:
+    """After a closed pipe, point stdout at /dev/null so the interpreter's last flush cannot fail (exit 120)."""
+    if sys.stdout is None:
+        return
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+
+
+def _require_stdout() -> None:
+    """Results go to stdout; with stdout closed (`>&-`) they would vanish while the command says it worked."""
+    if sys.stdout is None or getattr(sys.stdout, "closed", False):  # Python's stdout when fd 1 is closed: None
+        raise UserError("stdout is closed, so the results would be lost; redirect it to a file (or /dev/null)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from ftcli import redact
 from ftcli.errors import RecipeError, UserError
 from ftcli.recipe.schema import Recipe
 
@@ -124,29 +126,42 @@ def dry_run(recipe: Recipe, command: str, precision: str, resume: bool) -> dict:
 
 
 def run_workers(recipe: Recipe, command: str, precision: str, overwrite: bool, resume: bool) -> dict:
-    """Open the run dir here, then hand the run to accelerate-launched workers and wait for them. Ctrl-C and
-    SIGTERM reach every worker; a worker's failure is this command's failure."""
+    """Open and lock the run dir here, then hand the run to accelerate-launched workers and wait for them. Ctrl-C
+    and SIGTERM reach every worker; a worker's failure is this command's failure; summary.json ends with the truth
+    even when the workers could not write it."""
     import tempfile
 
     from ftcli import report
-    from ftcli.run_dir import freeze_recipe, open_run_dir, run_dir_of
+    from ftcli.run_dir import freeze_recipe, open_run_dir, private_recipe, run_dir_of
 
+    lock = None
     if recipe.launch.machine_rank == 0:  # the main node owns the run dir
-        out = open_run_dir(recipe, overwrite=overwrite, resume=resume)
-        private = out
+        out, lock = open_run_dir(recipe, overwrite=overwrite, resume=resume)
+        freeze_recipe(recipe, out)  # the record, secrets masked
+        launch_files = out
     else:  # other nodes never clear or write it (it may be shared); their launch files stay local
         out = run_dir_of(recipe)
         out.mkdir(parents=True, exist_ok=True)
-        private = Path(tempfile.mkdtemp(prefix="ftcli-node-"))
-    recipe_file = freeze_recipe(recipe, private)
-    config_path = private / CONFIG_NAME
-    config_path.write_text(yaml.safe_dump(accelerate_config(recipe, precision), sort_keys=False))
-    cmd = launch_command(command, out, recipe_file, config_path, resume)
-    report.phase(f"launching: {shlex.join(cmd)}")
+        launch_files = Path(tempfile.mkdtemp(prefix="ftcli-node-"))
+    recipe_file = private_recipe(recipe)  # what the workers run, secrets included, readable by this user only
+    try:
+        config_path = launch_files / CONFIG_NAME
+        config_path.write_text(yaml.safe_dump(accelerate_config(recipe, precision), sort_keys=False))
+        cmd = launch_command(command, out, recipe_file, config_path, resume)
+        report.phase(f"launching: {shlex.join(cmd)}")
+        return _wait_for_workers(cmd, out)
+    finally:
+        shutil.rmtree(recipe_file.parent, ignore_errors=True)
+        if lock is not None:
+            lock.release()
+
+
+def _wait_for_workers(cmd: list[str], out: Path) -> dict:
+    from ftcli import report
+
     # Workers' stdout goes to our stderr: stdout is for this command's result only.
     proc = subprocess.Popen(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True, bufsize=1,
                             env={**os.environ, WORKER_ENV: "1"}, start_new_session=True)  # fmt: skip
-
     stopped = []
 
     def stop(signum, _frame):
@@ -163,15 +178,15 @@ def run_workers(recipe: Recipe, command: str, precision: str, overwrite: bool, r
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-        _mark_interrupted(out)
+        _settle(out, "interrupted", exit_code=130)
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
     if stopped:
-        _mark_interrupted(out)
+        _settle(out, "interrupted", exit_code=128 + stopped[0])
         raise WorkerFailed("stopped by SIGTERM; every worker was stopped", 128 + stopped[0])
-    summary_file = out / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {"status": "failed"}
+    summary = _settle(out, "crashed", error=f"the workers exited with code {code} before recording a result",
+                      exit_code=code or 1) if code != 0 else _read_summary(out)  # fmt: skip
     if code != 0 and summary.get("status") == "completed":  # the main worker finished and wrote everything
         report.console.print(f"[yellow]warning: a worker exited with code {code} after the run completed; "
                              "the outputs are complete[/]")  # fmt: skip
@@ -179,6 +194,25 @@ def run_workers(recipe: Recipe, command: str, precision: str, overwrite: bool, r
     if code != 0:
         error = summary.get("error") or "see the worker messages above"
         raise WorkerFailed(f"the workers failed: {error}", summary.get("exit_code", 1))
+    return summary
+
+
+def _read_summary(out: Path) -> dict:
+    try:
+        return json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _settle(out: Path, status: str, **fields) -> dict:
+    """Workers killed by a signal, or dead before recording anything, cannot say so themselves: a summary that
+    is missing or still says running gets `status` (an interrupted or crashed run)."""
+    from ftcli import report
+
+    summary = _read_summary(out)
+    if summary.get("status") in (None, "running"):
+        summary = {**summary, "status": status, **fields}
+        report.write_summary(out / "summary.json", summary)
     return summary
 
 
@@ -190,6 +224,7 @@ def _relay_stderr(stream, verbose: bool) -> None:
     its signal logs): the worker has already said what went wrong in one line. --debug keeps everything."""
     block: list[str] = []
     for line in stream:
+        line = redact.mask(line)
         if verbose:
             sys.stderr.write(line)
         elif block or line.startswith("Traceback (most recent call last):"):
@@ -206,17 +241,6 @@ def _relay_stderr(stream, verbose: bool) -> None:
 
 def _from_launcher(block: list[str]) -> bool:
     return any(noise in line for line in block for noise in (*ELASTIC_NOISE, "accelerate/commands/launch.py"))
-
-
-def _mark_interrupted(out: Path) -> None:
-    """Workers killed by a signal cannot record it themselves."""
-    from ftcli import report
-
-    summary_file = out / "summary.json"
-    if summary_file.exists():
-        summary = json.loads(summary_file.read_text())
-        if summary.get("status") == "running":
-            report.write_json(summary_file, {**summary, "status": "interrupted"})
 
 
 class WorkerFailed(UserError):

@@ -3,7 +3,7 @@ for more than one. Each task is one module of ftcli.tasks named after it."""
 
 from __future__ import annotations
 
-from ftcli.errors import UserError
+from ftcli.errors import RecipeError, UserError
 from ftcli.models.compat import check_method_fits_model
 from ftcli.recipe.schema import TASK_COMMAND, Recipe
 
@@ -25,6 +25,22 @@ def check_runnable(recipe: Recipe) -> None:
             "them yet. Use task: dpo (e.g. align.loss_type: ipo or robust) or task: kto"
         )
     check_method_fits_model(recipe)
+    _check_reporters(recipe)
+
+
+# training.report_to -> the packages its integration imports (any one will do)
+REPORTER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",),
+                     "trackio": ("trackio",)}  # fmt: skip
+
+
+def _check_reporters(recipe: Recipe) -> None:
+    """A tracker that is not installed fails here, not after the run dir exists and the data is prepared."""
+    from importlib.util import find_spec
+
+    for name in recipe.training.report_to:
+        packages = REPORTER_PACKAGES.get(name, ())
+        if packages and not any(find_spec(p) for p in packages):
+            raise RecipeError(f"{name} is not installed; pip install {packages[0]}, or remove it", key="training.report_to")
 
 
 def run(command: str, recipe: Recipe, overwrite: bool, resume: bool, launcher: str = "auto",

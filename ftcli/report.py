@@ -3,16 +3,20 @@ loss.png in the run dir. stdout is kept for results (`--json`)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-console = Console(stderr=True, highlight=False)
+from ftcli import redact
+
+console = Console(file=redact.MaskedStream(lambda: sys.stderr), highlight=False)
 
 
 def phase(text: str) -> None:
@@ -62,11 +66,32 @@ def print_prepare_stats(stats: dict, cache_dir: str, cache_hit: bool) -> None:
     console.print(f"cache: {cache_dir}")
 
 
-def write_json(path: Path, payload: dict) -> None:
+def write_json(path: Path, payload) -> None:
     """Atomic write: a reader (or a crash) never sees half a file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     os.replace(tmp, path)
+
+
+SUMMARY_RESERVE = 64 * 1024  # bytes summary.json keeps on disk, so its last word fits even on a full disk
+
+
+def write_summary(path: Path, summary: dict) -> None:
+    """summary.json, atomically; on a full disk, rewritten in place into the room its first version reserved
+    (JSON allows the trailing blanks), so a run never stays "running" because its disk filled up."""
+    text = json.dumps(summary, indent=2, default=str) + "\n"
+    padded = text + " " * max(SUMMARY_RESERVE - len(text.encode()), 0)
+    try:
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(padded)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not path.exists():
+            raise
+        path.with_suffix(".json.tmp").unlink(missing_ok=True)
+        with path.open("r+") as handle:
+            handle.write(padded[: max(path.stat().st_size, len(text))])
+            handle.truncate()
 
 
 # TRL's preference accuracy metrics (DPO/KTO/ORPO/SimPO and reward models), train and eval.

@@ -12,13 +12,14 @@ from pathlib import Path
 def main(argv: list[str]) -> int:
     command, run_dir, recipe_file, *rest = argv
     os.environ["FTCLI_WORKER"] = "1"
-    from ftcli import launch, report
+    from ftcli import launch, redact, report
     from ftcli.cli import _quiet_libraries
     from ftcli.dispatch import is_main_process
     from ftcli.errors import UserError
     from ftcli.recipe import load_recipe
 
     report.console.quiet = not is_main_process()  # one set of tables and progress
+    redact.add_environment()
     try:
         recipe = load_recipe(Path(recipe_file))
         recipe.output.dir = run_dir
@@ -28,14 +29,15 @@ def main(argv: list[str]) -> int:
     except UserError as exc:
         _shut_down_process_group(wait_for_others=False)
         if not is_main_process():  # the main worker's error reaches the user through summary.json and ftcli
-            print(f"[rank {os.environ.get('RANK')}] error: {exc}", file=sys.stderr)
+            print(redact.mask(f"[rank {os.environ.get('RANK')}] error: {exc}"), file=sys.stderr)
         return exc.exit_code
     except Exception as exc:
         _shut_down_process_group(wait_for_others=False)
         if os.environ.get("FTCLI_DEBUG") == "1":
             raise
         if not is_main_process():
-            print(f"[rank {os.environ.get('RANK')}] internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print(redact.mask(f"[rank {os.environ.get('RANK')}] internal error: {type(exc).__name__}: {exc}"),
+                  file=sys.stderr)  # fmt: skip
         return 1
     return 0
 

@@ -26,6 +26,49 @@ def recipe_on(tmp_path, data_file, fmt="chat", extra=""):
                                       f"  sources: [{data_file}]\n  cache_dir: {tmp_path / 'cache'}\n{extra}")  # fmt: skip
 
 
+def fake_run(path, status="completed", method="lora"):
+    """A run dir's record without weights: enough for the refusals that come before any model loads."""
+    path.mkdir()
+    write(path / "recipe.resolved.yaml", f"model: {{name: 'builtin:tiny-llama'}}\nmethod: {method}\n"
+                                         f"data: {{sources: [{DATA / 'chat.jsonl'}]}}\n")  # fmt: skip
+    write(path / "summary.json", json.dumps({"status": status, "error": "the disk is full"}))
+    write(path / "adapter_config.json", "{}")
+    return path
+
+
+def alias_bomb(path):
+    levels = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    for i, name in enumerate("bcdef"):
+        previous = "abcdef"[i]
+        levels.append(f"{name}: &{name} [{', '.join(['*' + previous] * 10)}]")
+    return write(path, "\n".join(levels) + "\n")
+
+
+def png(path, size):
+    from PIL import Image
+
+    Image.new("1", size).save(path)
+    return path
+
+
+def symlink(link, target):
+    link.symlink_to(target)
+    return link
+
+
+def caption_rows(t, image, image_dir=None):
+    source = {"path": str(jsonl(t / "c.jsonl", [{"image": image, "caption": "a red circle"}]))}
+    if image_dir:
+        source["image_dir"] = str(image_dir)
+    return ["prepare", SMOKE / "caption-lora.yaml", f"data.cache_dir={t / 'c'}", f"data.sources=[{json.dumps(source)}]"]
+
+
+def empty_safetensors_beside_bin(path):
+    adapter = pickle_only_adapter(path)
+    write(adapter / "model.safetensors", "")
+    return adapter
+
+
 # (id, builder(tmp_path) -> argv, expected text in the error line)
 CASES = [
     ("unknown key", lambda t: ["validate", SMOKE / "sft-lora.yaml", "training.learnig_rate=1"], "did you mean learning_rate"),
@@ -129,6 +172,69 @@ CASES = [
      "images go to caption runs"),
     ("caption recipe before training", lambda t: ["infer", SMOKE / "caption-lora.yaml", "--image",
                                                   DATA / "shapes/images/eval-000.png"], "run `ftcli infer` on its run dir"),
+    # YAML that would explode: expansion, recursion, depth
+    ("yaml alias bomb", lambda t: ["validate", alias_bomb(t / "bomb.yaml")], "expands to over 100,000 values"),
+    ("yaml alias containing itself", lambda t: ["validate", write(t / "self.yaml", "model: &m {name: *m}\n")],
+     "refers to a value that contains it"),
+    ("yaml nested deeply", lambda t: ["validate", write(t / "deep.yaml", "model: " + "[" * 5000 + "]" * 5000 + "\n")],
+     "nested more than 64 levels deep"),
+    ("yaml nested past the limit", lambda t: ["validate", write(t / "deep2.yaml", "model: " + "[" * 80 + "]" * 80)],
+     "model.0.0.0"),
+    ("recipe not utf-8", lambda t: ["validate", write(t / "latin.yaml", "") and (t / "latin.yaml").write_bytes(
+        b"description: caf\xe9\n") and t / "latin.yaml"], "latin.yaml:1: not UTF-8 text (byte 0xe9)"),
+    # over-long file names
+    ("file name too long", lambda t: ["train", SMOKE / "sft-lora.yaml", f"output.dir={t / ('x' * 300)}"],
+     "the file name is too long; shorten the path"),
+    # numbers out of range
+    ("infinite learning rate", lambda t: ["validate", SMOKE / "sft-lora.yaml", "training.learning_rate=.inf"],
+     "training.learning_rate: Input should be a finite number"),
+    ("nan epochs", lambda t: ["validate", SMOKE / "sft-lora.yaml", "training.epochs=.nan"], "training.epochs"),
+    ("seed of 2**64", lambda t: ["validate", SMOKE / "sft-lora.yaml", f"training.seed={2**64}"], "training.seed"),
+    ("negative seed", lambda t: ["validate", SMOKE / "sft-lora.yaml", "data.seed=-1"], "data.seed"),
+    ("infinite source weight", lambda t: ["validate", SMOKE / "sft-lora.yaml", "data.sources.0.weight=.inf"],
+     "data.sources.0.weight"),
+    ("absurd batch", lambda t: ["validate", SMOKE / "sft-lora.yaml", f"training.batch_size={10**12}"],
+     "training.batch_size"),
+    # bytes that are not UTF-8
+    ("data not utf-8", lambda t: ["prepare", recipe_on(t, write(t / "b.jsonl", "") and (t / "b.jsonl").write_bytes(
+        json.dumps(GOOD_CHAT).encode() + b'\n{"messages": "\xff"}\n') and t / "b.jsonl")],
+     "b.jsonl: line 2 is not UTF-8 (byte 0xff"),
+    ("prompts not utf-8", lambda t: ["infer", SMOKE / "sft-lora.yaml", "-i", write(t / "p.txt", "") and (
+        t / "p.txt").write_bytes(b"hello\n\xfe\n") and t / "p.txt"], "p.txt row 2: not UTF-8 (byte 0xfe)"),
+    ("prompt argument not utf-8", lambda t: ["infer", SMOKE / "sft-lora.yaml", "-p", "caf\udce9"],
+     "--prompt 1: not valid UTF-8 text"),
+    # prompts the model cannot take
+    ("prompt longer than the context", lambda t: ["infer", SMOKE / "sft-lora.yaml", "-p", "word " * 1000],
+     "over the model's context of 4,096"),
+    ("malformed messages in infer input", lambda t: ["infer", SMOKE / "sft-lora.yaml", "-i", jsonl(
+        t / "m.jsonl", [{"messages": [{"content": "hi"}]}])], "m.jsonl row 1 field 'messages[0].role': missing role"),
+    ("chat template that raises", lambda t: ["infer", SMOKE / "sft-lora.yaml", "-p", "hi",
+                                             "data.template={{ raise_exception('only system turns') }}"],
+     "--prompt 1: chat template rejected this conversation: only system turns"),
+    # outputs that are not whole, and what ftcli must not write over
+    ("infer an unfinished run", lambda t: ["infer", fake_run(t / "cut", status="interrupted"), "-p", "hi"],
+     "did not complete: it interrupted"),
+    ("merge onto a file", lambda t: ["merge", fake_run(t / "done"), "--out", write(t / "file.txt", "mine")],
+     "file.txt is a file; name a folder"),
+    ("merge onto the run", lambda t: ["merge", fake_run(t / "done"), "--out", t / "done"], "would hold the run"),
+    ("merge over someone's folder", lambda t: ["merge", fake_run(t / "done"), "--out", write(
+        (t / "mine").mkdir() or t / "mine" / "notes.txt", "x").parent, "--overwrite"], "also holds notes.txt"),
+    # caches and trackers the machine cannot give
+    ("cache dir that cannot be made", lambda t: ["prepare", SMOKE / "sft-lora.yaml", "data.cache_dir=/proc/ftcli-c"],
+     "data.cache_dir: cannot create /proc/ftcli-c"),
+    ("tracker not installed", lambda t: ["train", SMOKE / "sft-lora.yaml", "training.report_to=[mlflow]",
+                                         f"output.dir={t / 'run'}"], "training.report_to: mlflow is not installed"),
+    # pickle behind an empty safetensors file, images that would eat the machine or leave their folder
+    ("empty safetensors beside a pickle adapter", lambda t: ["train", SMOKE / "sft-lora.yaml",
+        f"model.adapter={empty_safetensors_beside_bin(t / 'pa')}", f"output.dir={t / 'run'}"],
+     "holds only pickle weights (adapter_model.bin)"),
+    ("decompression bomb image", lambda t: caption_rows(t, str(png(t / "big.png", (20000, 20000)))),
+     "big.png: too large: over 89,478,485 pixels"),
+    ("image link leaving its folder", lambda t: caption_rows(t, "link.png", image_dir=symlink(
+        (t / "imgs").mkdir() or t / "imgs" / "link.png", png(t / "outside.png", (8, 8))).parent),
+     "link.png is outside the image folder"),
+    ("image folder that is a link", lambda t: caption_rows(t, "x.png", image_dir=symlink(t / "lnk", DATA / "shapes")),
+     "is a symbolic link"),
 ]  # fmt: skip
 
 
@@ -144,12 +250,12 @@ def test_bad_input_is_one_line_exit_2(name, build, expected, tmp_path, capsys):
     assert lines[-1].startswith("error: ") and sum(line.startswith("error") for line in lines) == 1, err
     assert expected in lines[-1], lines[-1]
     run = tmp_path / "run"
-    if run.exists():  # at most the record of the failure, never partial results
-        assert {p.name for p in run.iterdir()} <= {"recipe.resolved.yaml", "summary.json"}
+    if run.exists():  # at most the record of the failure (and ftcli's marker and lock), never partial results
+        assert {p.name for p in run.iterdir()} <= {"recipe.resolved.yaml", "summary.json", ".ftcli-run", ".ftcli-lock"}
         assert json.loads((run / "summary.json").read_text())["status"] == "failed"
     for path, mtime in before.items():  # nothing the user had was touched
         assert path.stat().st_mtime_ns == mtime, path
 
 
-def test_the_catalogue_is_at_least_thirty_cases():
-    assert len(CASES) >= 30
+def test_the_catalogue_is_at_least_eighty_cases():
+    assert len(CASES) >= 80

@@ -88,3 +88,45 @@ def test_export_refuses_what_it_cannot_write_and_never_overwrites(lora_run, tmp_
     assert code == 2 and "--overwrite" in err
     code, _, err = run_cli("export", lora_run, "--out", tmp_path / "x", "--dtype", "fp8")
     assert code == 2 and "--dtype fp8: use one of f32, f16, bf16" in err
+
+
+TRANSFORMERS_4 = ["transformers==4.57.6", "tokenizers==0.22.1", "huggingface_hub==0.36.0"]
+LOGITS_4 = """
+import sys, torch, transformers
+from transformers import AutoModelForCausalLM
+model_dir, dest = sys.argv[1:3]
+assert transformers.__version__ == "4.57.6", transformers.__version__
+model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+with torch.no_grad():
+    torch.save(model(input_ids=torch.tensor([[5, 9, 70, 3, 11, 200, 17]])).logits, dest)
+print(model.config.rope_theta, (model.config.rope_scaling or {}).get("rope_type"))
+"""
+
+
+@pytest.mark.slow
+def test_a_non_default_rope_model_gives_the_same_logits_in_transformers_4_and_5(tmp_path):
+    """merged/ of a base with Llama 3's rope (theta 500000, llama3 scaling), loaded by transformers 4.57 (installed
+    into a folder of its own beside this environment's torch) and by transformers 5: the same logits."""
+    import os
+    import subprocess
+    import sys
+
+    from transformers import AutoModelForCausalLM
+
+    target = tmp_path / "transformers4"
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
+                          *TRANSFORMERS_4], capture_output=True, text=True, timeout=900)  # fmt: skip
+    if pip.returncode != 0:
+        pytest.skip(f"transformers 4.57.6 could not be installed (needs the package registry): {pip.stderr[-300:]}")
+    run = tmp_path / "run"
+    code, _, err = run_cli("train", SMOKE / "sft-lora.yaml", "model.name=builtin:tiny-llama3", f"output.dir={run}",
+                           "training.max_steps=5", "output.merge=true")  # fmt: skip
+    assert code == 0, err
+    old = subprocess.run([sys.executable, "-c", LOGITS_4, str(run / "merged"), str(tmp_path / "old.pt")],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(target)})  # fmt: skip
+    assert old.returncode == 0, old.stderr[-3000:]
+    assert old.stdout.split() == ["500000.0", "llama3"]
+    with torch.no_grad():
+        new = AutoModelForCausalLM.from_pretrained(run / "merged").eval()(
+            input_ids=torch.tensor([[5, 9, 70, 3, 11, 200, 17]])).logits
+    torch.testing.assert_close(torch.load(tmp_path / "old.pt"), new, rtol=1e-5, atol=1e-5)

@@ -9,14 +9,18 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ftcli import paths
+from ftcli.paths import writable_dir
+
 # Bump when tokenization/packing code changes what it produces, so stale caches are not reused.
 DATA_FORMAT_VERSION = 1
 
 
 def data_cache_root(cache_dir: str | None) -> Path:
+    """data.cache_dir, else <FTCLI_CACHE>/data; a writable folder."""
     if cache_dir:
-        return Path(cache_dir).expanduser()
-    return Path(os.environ.get("FTCLI_CACHE") or Path.home() / ".cache" / "ftcli") / "data"
+        return writable_dir(Path(cache_dir).expanduser(), "data.cache_dir")
+    return paths.cache_dir("data")
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -45,17 +49,24 @@ def fingerprint(payload: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def load_cached(root: Path, key: str):
-    """(train, eval or None, stats) from the cache, or None on a miss."""
+def load_cached(root: Path, key: str, log=lambda _: None):
+    """(train, eval or None, stats) from the cache, or None on a miss. An entry that cannot be read (a disk error,
+    a hand edit) is ftcli's own to drop: it is deleted and prepared again, instead of failing every later run."""
     from datasets import load_from_disk
 
     entry = root / key
     stats_file = entry / "stats.json"
     if not stats_file.exists():
         return None
-    stats = json.loads(stats_file.read_text())
-    train = load_from_disk(str(entry / "train"))
-    evaluation = load_from_disk(str(entry / "eval")) if (entry / "eval").exists() else None
+    try:
+        stats = json.loads(stats_file.read_text())
+        train = load_from_disk(str(entry / "train"))
+        evaluation = load_from_disk(str(entry / "eval")) if (entry / "eval").exists() else None
+        train[:1]  # reads the arrow data, not only its metadata
+    except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, the remedy is the same
+        log(f"prepared data in {entry} is unreadable ({type(exc).__name__}); preparing it again")
+        shutil.rmtree(entry, ignore_errors=True)
+        return None
     return train, evaluation, stats
 
 

@@ -33,7 +33,7 @@ def canonical_row(fmt: str, row: dict, columns: dict[str, str]) -> dict:
     if fmt == "instruction":
         return {"messages": _instruction_messages(row, col)}
     if fmt == "chat":
-        return {"messages": _messages(row.get(col("messages")), col("messages"), col("role"), col("content"))}
+        return {"messages": parse_messages(row.get(col("messages")), col("messages"), col("role"), col("content"))}
     if fmt == "preference":
         return _preference(row, col)
     image = {"image": row.get(col("image")), "image_column": col("image")}  # resolved by data/images.py
@@ -45,7 +45,7 @@ def canonical_row(fmt: str, row: dict, columns: dict[str, str]) -> dict:
         names = (col("messages"), col("role"), col("content"))
         if names[0] not in row and "conversations" in row and "messages" not in columns:
             names = ("conversations", "from", "value")  # LLaVA's layout, found without a columns mapping
-        return {**image, "messages": _messages(row.get(names[0]), *names)}
+        return {**image, "messages": parse_messages(row.get(names[0]), *names)}
     raise ValueError(f"unknown format {fmt}")
 
 
@@ -126,7 +126,7 @@ def _side(value: Any, field: str, answers: bool = True) -> str | list[dict]:
             return _hh_messages(value)
         return value
     if isinstance(value, list):
-        return _messages(value, field, "role", "content", require_assistant=False)
+        return parse_messages(value, field, "role", "content", require_assistant=False)
     raise BadRow(field, f"expected text or a list of messages, got {type(value).__name__}")
 
 
@@ -151,7 +151,7 @@ def _common_prefix(a, b) -> int:
     return n
 
 
-def _messages(value: Any, field: str, role_key: str, content_key: str, require_assistant: bool = True) -> list[dict]:
+def parse_messages(value: Any, field: str, role_key: str, content_key: str, require_assistant: bool = True) -> list[dict]:
     if value is None:
         raise BadRow(field, "missing; map it with data.columns.messages if the dataset names it differently")
     if not isinstance(value, list) or not value:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import json
 import os
@@ -81,9 +82,8 @@ class ImageRows:
         if not isinstance(value, str) or not value.strip():
             raise BadRow(column, "missing or not a path; map it with data.columns.image")
         base = Path(os.path.abspath(self.image_dir)) if self.image_dir else None
-        # containment on the normalized path, not the resolved one: a hub snapshot's images are symlinks to blobs
         path = Path(os.path.normpath(base / value if base else os.path.abspath(value)))
-        if not self.allow_outside and (base is None or not path.is_relative_to(base)):
+        if not self.allow_outside and (base is None or not _inside(path, base)):
             where = (
                 f"the image folder {base}" if base else "a local image folder (set the source's image_dir)"
             )
@@ -99,6 +99,19 @@ class ImageRows:
 
     def strip_placeholder(self, messages: list[dict]) -> list[dict]:
         return [{**m, "content": m["content"].replace(IMAGE_PLACEHOLDER, "").strip("\n")} for m in messages]
+
+
+def _inside(path: Path, base: Path) -> bool:
+    """`path` lies in `base`, also once every symbolic link is followed. The one place links may lead: a hub
+    snapshot's files are links into the same repo's blobs/ folder."""
+    if not path.is_relative_to(base):
+        return False
+    real, roots = Path(os.path.realpath(path)), [Path(os.path.realpath(base))]
+    parts = base.parts
+    if "snapshots" in parts:  # <cache>/datasets--org--name/snapshots/<revision>/...
+        repo = Path(*parts[: parts.index("snapshots")])
+        roots.append(Path(os.path.realpath(repo / "blobs")))
+    return any(real == root or real.is_relative_to(root) for root in roots)
 
 
 def _embedded(value, column: str) -> bytes | None:
@@ -125,11 +138,25 @@ def _unreadable(source) -> str | None:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(source) as image:
+        with _no_bombs(), Image.open(source) as image:
             image.verify()
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        return f"too large: over {Image.MAX_IMAGE_PIXELS:,} pixels, Pillow's limit against decompression bombs"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         return f"not a readable image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
     return None
+
+
+@contextlib.contextmanager
+def _no_bombs():
+    """Pillow warns at MAX_IMAGE_PIXELS and refuses twice that; both are a bad row here, never memory spent."""
+    import warnings
+
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
 
 
 def load_rgb(path: str):
@@ -139,9 +166,9 @@ def load_rgb(path: str):
 
     source = io.BytesIO(base64.b64decode(path[len(DATA_URI) :])) if path.startswith(DATA_URI) else path
     try:
-        with Image.open(source) as image:
+        with _no_bombs(), Image.open(source) as image:
             return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise DataError(
             f"cannot read image ({str(exc).splitlines()[0]}); re-run `ftcli prepare`", file=path
         ) from None

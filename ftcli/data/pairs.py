@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ftcli.data.formats import BadRow, canonical_row
 from ftcli.data.templates import render_chat
-from ftcli.data.tokenize import BAD, DROPPED_NO_LABELS, DROPPED_OVERLONG, OK, TRUNCATED
+from ftcli.data.tokenize import BAD, DROPPED_NO_LABELS, DROPPED_OVERLONG, OK, TRUNCATED, cap_text, char_budget
 
 PAIR_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 
@@ -52,8 +52,11 @@ class PairTokenizer:
         return out
 
     def _encode(self, pair: dict):
-        prompt, chosen, rejected = self.encode(pair["prompt"], [pair["chosen"], pair["rejected"]])
-        return self._fit(prompt, chosen, rejected)
+        # texts longer than a pair can hold are cut first: the prompt keeps its end, answers their beginning
+        prompt_cap, answer_cap = (char_budget(self.tokenizer, n) for n in (self.max_prompt_length, self.max_length))
+        prompt = _capped(pair["prompt"], prompt_cap, keep_end=True)
+        chosen, rejected = (_capped(pair[side], answer_cap) for side in ("chosen", "rejected"))
+        return self._fit(*self.encode(prompt, [chosen, rejected]))
 
     def encode(self, prompt, answers: list) -> list[list[int]]:
         """[prompt_ids, answer_ids...] for a prompt (text or messages) and answers (text or assistant messages),
@@ -100,3 +103,9 @@ class PairTokenizer:
 
     def _apply(self, messages: list[dict], add_generation_prompt: bool) -> str:
         return render_chat(self.tokenizer, self.template, messages, add_generation_prompt, field="prompt")
+
+
+def _capped(side, budget: int, keep_end: bool = False):
+    if isinstance(side, str):
+        return cap_text(side, budget, keep_end)
+    return [{**m, "content": cap_text(m["content"], budget, keep_end)} for m in side]

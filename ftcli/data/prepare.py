@@ -74,7 +74,7 @@ def prepare_data(recipe: Recipe, tokenizer, log: Callable[[str], None] = lambda 
         }
     )
     root = data_cache_root(data.cache_dir)
-    cached = load_cached(root, key)
+    cached = load_cached(root, key, log)
     if cached is not None:
         train, evaluation, stats = cached
         log(f"prepared data: cache hit {root / key}")
@@ -88,7 +88,7 @@ def prepare_data(recipe: Recipe, tokenizer, log: Callable[[str], None] = lambda 
     for group, sources in (("sources", data.sources), ("eval_sources", data.eval_sources)):
         for i, src in enumerate(sources):
             log(f"tokenizing {src.path}")
-            part, counts = _tokenize_source(recipe, src, f"data.{group}.{i}", tokenizer, template)
+            part, counts = _tokenize_source(recipe, src, f"data.{group}.{i}", tokenizer, template, root / "sources")
             (train_parts if group == "sources" else eval_parts).append(part)
             source_stats.append({"path": src.path, "split": "train" if group == "sources" else "eval", **counts})
 
@@ -134,9 +134,9 @@ def _all_sources(recipe: Recipe) -> list[DataSource]:
     return [*recipe.data.sources, *recipe.data.eval_sources]
 
 
-def _tokenize_source(recipe: Recipe, src: DataSource, key: str, tokenizer, template):
+def _tokenize_source(recipe: Recipe, src: DataSource, key: str, tokenizer, template, sources_cache: Path):
     data = recipe.data
-    ds = load_source(src, key)
+    ds = load_source(src, key, sources_cache)
     rows_read = len(ds)
     if data.shuffle:
         ds = ds.shuffle(seed=data.seed)

@@ -15,8 +15,9 @@ BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parqu
 ROW = "__row"  # 1-based row number inside its source, kept for error messages
 
 
-def load_source(src: DataSource, key: str):
-    """Load a source with a 1-based `__row` column. `key` is its recipe path (data.sources.0) for errors."""
+def load_source(src: DataSource, key: str, cache_dir: Path):
+    """Load a source with a 1-based `__row` column. `key` is its recipe path (data.sources.0) for errors; datasets'
+    own conversion of local files goes into `cache_dir` (ftcli's cache, not the home folder's)."""
     import datasets
 
     path = Path(src.path)
@@ -30,7 +31,8 @@ def load_source(src: DataSource, key: str):
         level = library_logs.level
         library_logs.setLevel(logging.CRITICAL)  # a bad file is reported below, by row, not as datasets' traceback
         try:
-            ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
+            ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train",
+                                       cache_dir=str(cache_dir))  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - datasets raises many types for one bad file
             raise _explain_load_failure(files, exc) from None
         finally:
@@ -63,13 +65,19 @@ def _local_files(path: Path, key: str) -> list[Path]:
 
 
 def _explain_load_failure(files: list[Path], exc: Exception) -> DataError:
-    """datasets' JSON errors carry no line numbers: find the first bad line ourselves."""
+    """datasets' errors carry no line numbers: find the first bad line ourselves (bytes that are not UTF-8 in
+    any text file, a line that is not a JSON object in JSONL)."""
     for file in files:
-        if file.suffix == ".jsonl":
-            with file.open(encoding="utf-8", errors="replace") as handle:
-                for line_no, line in enumerate(handle, 1):
-                    if not line.strip():
-                        continue
+        if file.suffix == ".parquet":
+            continue
+        with file.open("rb") as handle:
+            for line_no, raw in enumerate(handle, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    return DataError(f"line {line_no} is not UTF-8 (byte 0x{raw[err.start]:02x} at column "
+                                     f"{err.start + 1}); re-encode the file as UTF-8", file=str(file))  # fmt: skip
+                if file.suffix == ".jsonl" and line.strip():
                     try:
                         value = json.loads(line)
                     except json.JSONDecodeError as err:

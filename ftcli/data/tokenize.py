@@ -10,6 +10,7 @@ Used as a batched `datasets.map` function, so it must stay picklable (num_proc >
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 from ftcli.data.formats import BadRow, canonical_row
@@ -19,6 +20,30 @@ from ftcli.data.templates import render_chat
 IGNORE = -100
 OK, TRUNCATED, SPLIT = "ok", "truncated", "split"
 DROPPED_OVERLONG, DROPPED_NO_LABELS, BAD = "dropped:overlong", "dropped:no_labels", "bad"
+
+
+_MAX_TOKEN_CHARS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def max_token_chars(tokenizer) -> int:
+    """An upper bound on the characters one token stands for (its longest vocabulary string): a text longer than
+    N times this is surely over N tokens, without tokenizing it."""
+    if tokenizer not in _MAX_TOKEN_CHARS:
+        _MAX_TOKEN_CHARS[tokenizer] = max((len(token) for token in tokenizer.get_vocab()), default=1)
+    return _MAX_TOKEN_CHARS[tokenizer]
+
+
+def char_budget(tokenizer, tokens: int) -> int:
+    """Characters of one text that can matter for `tokens` tokens (with a margin for a token cut at the end)."""
+    return (tokens + 16) * max_token_chars(tokenizer)
+
+
+def cap_text(text: str, budget: int, keep_end: bool = False) -> str:
+    """A message longer than any row can hold is cut before it is tokenized: the tokens kept are the same, and a
+    20 MB message costs no more than a full row (instead of minutes and gigabytes)."""
+    if len(text) <= budget:
+        return text
+    return text[-budget:] if keep_end else text[:budget]
 
 
 @dataclass
@@ -41,7 +66,7 @@ class RowTokenizer:
         canon, errors = [], []
         for row in rows:
             try:
-                c = canonical_row(self.fmt, row, self.columns)
+                c = self._bounded(canonical_row(self.fmt, row, self.columns))
                 if self.images:
                     c = self._with_image(c)
                 canon.append(c)
@@ -61,6 +86,18 @@ class RowTokenizer:
             for ids, labels, status, raw in pieces:
                 self._emit(out, row, ids, labels, status, raw, None, c.get("image"))
         return out
+
+    def _bounded(self, c: dict) -> dict:
+        """Every text but pretraining documents (which are split, every token kept) cut to what a row can hold."""
+        if self.fmt == "text":
+            return c
+        budget = char_budget(self.tokenizer, self.max_length)
+        if "messages" in c:
+            c["messages"] = [{**m, "content": cap_text(m["content"], budget)} for m in c["messages"]]
+        for key in ("prompt", "completion"):
+            if isinstance(c.get(key), str):
+                c[key] = cap_text(c[key], budget)
+        return c
 
     def _with_image(self, c: dict) -> dict:
         c["image"] = self.images.resolve(c["image"], c.pop("image_column"))

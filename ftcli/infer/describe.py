@@ -12,8 +12,9 @@ from ftcli.data.images import begin_token_id, load_rgb
 from ftcli.errors import UserError
 from ftcli.infer.generate import generation_kwargs, result
 from ftcli.infer.inputs import Item
-from ftcli.infer.prompting import prompt_ids, stop_ids
+from ftcli.infer.prompting import context_length, prompt_ids, stop_ids
 from ftcli.models.hardware import input_device
+from ftcli.models.multimodal import image_token_count
 from ftcli.recipe.schema import InferSpec, Recipe
 
 
@@ -29,10 +30,12 @@ def describe(model, tokenizer, processor, items: list[Item], spec: InferSpec, te
     stops = stop_ids(tokenizer, template if asks else None)
     kwargs = generation_kwargs(spec, tokenizer, stops)
     begin = begin_token_id(tokenizer)
+    context = context_length(model)
+    context = context - image_token_count(model) if context else None  # the image's tokens come first
     groups: dict[int, list[tuple[Item, list[int]]]] = defaultdict(list)
     for item in items:
         if "prompt" in item.fields or "messages" in item.fields:
-            ids = prompt_ids(tokenizer, template, item.fields)
+            ids = prompt_ids(tokenizer, template, item, context, spec.max_new_tokens)
         else:
             ids = tokenizer(recipe.multimodal.caption_prompt)["input_ids"]
         ids = ids if ids and ids[0] == begin else [begin, *ids]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import json
 import logging
 import os
 import time
@@ -16,6 +17,38 @@ from ftcli.infer.load import load_for_inference
 from ftcli.recipe.schema import Recipe
 
 EXTRA = 'pip install "ftcli[eval]"'
+
+
+def check_evaluable(recipe: Recipe) -> None:
+    if recipe.task in ("caption", "reward"):
+        raise UserError(f"task {recipe.task}: lm-eval's tasks score a text LM's likelihoods and generations")
+    if recipe.method.type == "prompt":  # peft puts the virtual tokens' positions in front of the logits
+        raise UserError("a prompt-tuning run shifts its logits by its virtual tokens, which lm-eval would score "
+                        "at the wrong positions; evaluate LoRA, full or prefix runs")  # fmt: skip
+
+
+def record(target: Path, result: dict) -> None:
+    """A run dir keeps every evaluation in eval.json. A history that cannot be read is kept aside, renamed, and a
+    new one started: the evaluation that just ran is never lost to an old file."""
+    from ftcli import report
+    from ftcli.run_dir import RESOLVED
+
+    if not (target / RESOLVED).exists():
+        return
+    history = target / "eval.json"
+    earlier = []
+    if history.exists():
+        try:
+            earlier = json.loads(history.read_text())
+            if not isinstance(earlier, list):
+                raise ValueError("not a list")
+        except (ValueError, UnicodeDecodeError) as exc:
+            kept = history.with_name(f"eval.json.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+            history.rename(kept)
+            report.console.print(f"[yellow]warning: {history} could not be read ({exc}); kept as {kept.name}, "
+                                 "and a new history started[/]")  # fmt: skip
+            earlier = []
+    report.write_json(history, [*earlier, {"target": str(target.resolve()), **result}])
 
 
 def run_eval(recipe: Recipe, tasks: list[str], include_path: str | None, limit: int | None, num_fewshot: int | None,

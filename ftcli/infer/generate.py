@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 
 from ftcli.infer.inputs import Item
-from ftcli.infer.prompting import prompt_ids, stop_ids
+from ftcli.infer.prompting import context_length, prompt_ids, stop_ids
 from ftcli.models.hardware import input_device
 from ftcli.recipe.schema import InferSpec
 
@@ -18,7 +18,8 @@ def generate(model, tokenizer, items: list[Item], spec: InferSpec, template: str
     kwargs = generation_kwargs(spec, tokenizer, stops)
     torch.manual_seed(spec.seed)
     device = input_device(model)
-    encoded = [prompt_ids(tokenizer, template, item.fields) for item in items]
+    context = context_length(model)
+    encoded = [prompt_ids(tokenizer, template, item, context, spec.max_new_tokens) for item in items]
     for start in range(0, len(items), spec.batch_size):
         batch = encoded[start : start + spec.batch_size]
         width = max(len(ids) for ids in batch)

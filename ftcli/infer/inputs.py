@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ftcli.data.formats import BadRow, parse_messages
 from ftcli.errors import DataError
 
 
@@ -39,12 +40,14 @@ def read_inputs(prompts: list[str], input_path: str | None, images: list[str] | 
     if input_path:
         name = "<stdin>" if input_path == "-" else input_path
         if input_path == "-":
-            text = sys.stdin.read()
+            text = _utf8(sys.stdin.buffer.read(), name)
         else:
             try:
-                text = Path(input_path).read_text(encoding="utf-8")
+                text = _utf8(Path(input_path).read_bytes(), name)
             except FileNotFoundError:
                 raise DataError("file not found", file=input_path) from None
+            except IsADirectoryError:
+                raise DataError("is a folder; give a .txt or .jsonl file of prompts", file=input_path) from None
         as_json = name.endswith(".jsonl") or (input_path == "-" and text.lstrip().startswith("{"))
         for n, line in enumerate(text.splitlines(), 1):
             if as_json and not line.strip():
@@ -71,8 +74,12 @@ def _json_fields(line: str, name: str, n: int, base: Path) -> dict:
         image = {"image": _image_path(row["image"], base, f"{name}:{n}")}
         if "prompt" not in row and "messages" not in row:
             return image
-    if isinstance(row.get("messages"), list) and row["messages"]:
-        return {"messages": row["messages"], **image}
+    if "messages" in row:
+        try:  # the chat format's own checks: roles known, contents text
+            messages = parse_messages(row["messages"], "messages", "role", "content", require_assistant=False)
+        except BadRow as bad:
+            raise DataError(bad.message, file=name, row=n, field=bad.field) from None
+        return {"messages": messages, **image}
     if not isinstance(row.get("prompt"), str):
         raise DataError("needs a 'prompt' string or a 'messages' list", file=name, row=n, field="prompt")
     _check_text(row["prompt"], f"{name}:{n}")
@@ -93,3 +100,16 @@ def _image_path(value: str, base: Path, where: str) -> str:
 def _check_text(text: str, where: str) -> None:
     if not text.strip():
         raise DataError(f"{where}: empty prompt")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that were not UTF-8, smuggled in through the command line
+        raise DataError(f"{where}: not valid UTF-8 text; pass prompts as UTF-8") from None
+
+
+def _utf8(data: bytes, name: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(f"not UTF-8 (byte 0x{data[exc.start]:02x}); re-encode the file as UTF-8", file=name,
+                        row=line) from None  # fmt: skip

@@ -9,7 +9,7 @@ from ftcli.errors import UserError
 from ftcli.recipe import load_recipe
 from ftcli.recipe.catalog import find_recipe
 from ftcli.recipe.schema import Recipe
-from ftcli.run_dir import RESOLVED
+from ftcli.run_dir import RESOLVED, lock_holder, newest_checkpoint
 
 NO_DATA = "(no data: a bare model)"
 
@@ -22,6 +22,8 @@ def resolve_target(target: str, overrides: list[str]) -> Recipe:
             if (path / "config.json").exists():  # a merged or downloaded model dir
                 return _model_only(str(path.resolve()), overrides)
             raise UserError(f"{target}: neither a run dir (no {RESOLVED}) nor a model dir (no config.json)")
+        if path == run:
+            _check_finished(run, target)
         recipe = load_recipe(run / RESOLVED, overrides)
         if recipe.task == "caption":  # its trained tensors are rebuilt onto the two base checkpoints
             if not (run / "model.safetensors").exists():
@@ -44,6 +46,28 @@ def resolve_target(target: str, overrides: list[str]) -> Recipe:
     if target.startswith("builtin:") or (target.count("/") == 1 and not path.exists()):
         return _model_only(target, overrides)  # a builtin or a hub model id
     raise UserError(f"{target}: expected a recipe (.yaml), a run dir, a model dir, a hub id or builtin:NAME")
+
+
+def _check_finished(run: Path, target: str) -> None:
+    """A run's final outputs are whole only once it completed; an unfinished one is refused, saying what to do."""
+    import json
+
+    try:
+        summary = json.loads((run / "summary.json").read_text())
+    except (OSError, ValueError):
+        return  # no record to go by (an older run, or one copied without it): its files are checked as they load
+    status = summary.get("status")
+    if status in (None, "completed"):
+        return
+    why = f" ({summary['error']})" if summary.get("error") else ""
+    newest = newest_checkpoint(run)
+    use = f", or use its newest checkpoint: {newest}" if newest else ""
+    if status == "running":
+        holder = lock_holder(run)
+        what = f"is still running ({holder})" if holder else "was killed while it ran"
+    else:
+        what = f"did not complete: it {status}{why}"
+    raise UserError(f"{target}: the run {what}; its final outputs are not there. Finish it with --resume{use}")
 
 
 def _model_only(name: str, overrides: list[str]) -> Recipe:

@@ -13,8 +13,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ftcli.paths import cache_dir, cache_root
+
 # Bump when a builtin's weights, config or tokenizer change, so old caches are not reused.
-BUILTIN_VERSION = 3
+BUILTIN_VERSION = 4
 PAD, EOS, IM_START, IM_END = "<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -32,6 +34,14 @@ BUILTINS: dict[str, tuple[str, dict, str]] = {
              num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False,
              initializer_range=0.1),
         "LLaMA architecture, ~360K parameters, byte-level tokenizer with a ChatML template",
+    ),
+    "tiny-llama3": (
+        "llama",
+        dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=16384, rms_norm_eps=1e-5, tie_word_embeddings=False,
+             initializer_range=0.1, rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+             "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+        "tiny-llama with Llama 3's rope (theta 500000, llama3 scaling): what interop checks a non-default rope with",
     ),
     "bench-llama": (
         "llama",
@@ -64,10 +74,6 @@ BUILTINS: dict[str, tuple[str, dict, str]] = {
 VISION = {"clip_vision_model"}
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("FTCLI_CACHE") or Path.home() / ".cache" / "ftcli")
-
-
 def is_builtin(name: str) -> bool:
     return name.startswith("builtin:")
 
@@ -81,7 +87,7 @@ def builtin_path(name: str) -> Path:
         raise RecipeError(f"unknown builtin model {short!r}; builtins are {', '.join(BUILTINS)}", key="model.name")
     target = cache_root() / "builtin" / f"{short}-v{BUILTIN_VERSION}"
     if not (target / "config.json").exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
+        cache_dir("builtin")
         tmp = Path(tempfile.mkdtemp(prefix=f".{short}-", dir=target.parent))
         try:
             _materialize(short, tmp)
@@ -134,9 +140,10 @@ def _materialize(short: str, out: Path) -> None:
     model.generation_config = GenerationConfig(eos_token_id=[ids(EOS), ids(IM_END)], pad_token_id=ids(PAD))
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    from ftcli.models.save import loadable_by_transformers_4
+    from ftcli.models.loadable import loadable_model_config, loadable_tokenizer_config
 
-    loadable_by_transformers_4(out / "tokenizer_config.json")  # a base like any other: transformers 4.x loads it
+    loadable_tokenizer_config(out / "tokenizer_config.json")  # a base like any other: transformers 4.x loads it
+    loadable_model_config(out / "config.json")
 
 
 @contextlib.contextmanager

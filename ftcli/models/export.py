@@ -3,10 +3,14 @@ fine-tune re-saved), in the layout of models/save.py, in a chosen dtype, optiona
 
 from __future__ import annotations
 
+import fnmatch
+import shutil
 from pathlib import Path
 
 from ftcli.errors import UserError
+from ftcli.models.save import TOKENIZER_FILES
 from ftcli.recipe.schema import Recipe
+from ftcli.run_dir import FINAL_STAGING, local_inputs, publish
 
 DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
 
@@ -26,12 +30,44 @@ def export_run(recipe: Recipe, run_dir: Path, out: Path, overwrite: bool, dtype:
     if recipe.method.type == "full" and not full_ok:
         raise UserError(f"{run_dir}: a full fine-tune already holds full weights; nothing to merge "
                         "(`ftcli export` re-saves it, e.g. in another dtype)")  # fmt: skip
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    _check_out(recipe, run_dir, out, overwrite)
+    stage = out / FINAL_STAGING  # written whole, then moved into place: no half-written model dir
     if recipe.method.type == "full":  # the run dir holds the weights (resolve_target pointed model.name at it)
-        return save_full(recipe, run_dir, out, DTYPES.get(dtype))
-    base_recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"adapter": None})})
-    return merge_adapter(base_recipe, run_dir, out, DTYPES.get(dtype))
+        save_full(recipe, run_dir, stage, DTYPES.get(dtype))
+    else:
+        base_recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"adapter": None})})
+        merge_adapter(base_recipe, run_dir, stage, DTYPES.get(dtype))
+    for entry in out.iterdir():  # --overwrite: the earlier model's files go (only such files are there)
+        if entry.name != FINAL_STAGING:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    publish(stage, out, {})
+    return out
+
+
+# What a model dir written by ftcli holds; --overwrite replaces a dir that holds nothing else.
+MODEL_ENTRIES = ("config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
+                 "chat_template.jinja", "chat_template.json", "README.md", "preprocessor_config.json",
+                 FINAL_STAGING, *TOKENIZER_FILES)  # fmt: skip
+
+
+def _check_out(recipe: Recipe, run_dir: Path, out: Path, overwrite: bool) -> None:
+    """--out is a new or empty folder, or with --overwrite one holding only an earlier model; never the run, a
+    folder holding it, or anything the recipe reads (its base model)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; name a folder")
+    here = out.resolve()
+    for label, path in [("the run", str(run_dir)), ("the working directory", str(Path.cwd())), *local_inputs(recipe)]:
+        target = Path(path).resolve()
+        if target == here or here in target.parents:
+            raise UserError(f"--out {out} would hold {label} ({path}); write the model to a folder of its own")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError(f"{out} exists and is not empty; pass --overwrite to replace it")
+        foreign = sorted(p.name for p in out.iterdir() if not any(fnmatch.fnmatch(p.name, g) for g in MODEL_ENTRIES))
+        if foreign:
+            raise UserError(f"--overwrite: {out} also holds {', '.join(foreign[:3])}, which is not part of a model "
+                            "ftcli writes; move it out or choose another --out")  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
 
 
 def require_hub_token(repo: str) -> None:

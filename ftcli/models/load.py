@@ -133,11 +133,17 @@ def refuse_pickle(spec: ModelSpec) -> None:
 
 
 def _pickle_only(path: Path) -> str | None:
-    """The first pickle weights file of a dir without safetensors, else None."""
-    names = sorted(f.name for f in path.iterdir() if f.is_file())
-    if any(n.endswith(".safetensors") for n in names):
+    """The first pickle weights file of a dir whose weights are not in safetensors, else None. An adapter dir
+    needs its own adapter_model.safetensors, non-empty (peft takes adapter_model.bin when that is missing, whatever
+    other .safetensors file lies beside it); a model dir any non-empty safetensors file."""
+    files = {f.name: f for f in path.iterdir() if f.is_file()}
+    if (path / "adapter_config.json").is_file():
+        safe = ["adapter_model.safetensors"]
+    else:
+        safe = [n for n in files if n.endswith(".safetensors")]
+    if any(n in files and files[n].stat().st_size > 0 for n in safe):
         return None
-    return next((n for n in names if n.endswith(_PICKLE_SUFFIXES) and not n.startswith(_TRAINER_STATE)), None)
+    return next((n for n in sorted(files) if n.endswith(_PICKLE_SUFFIXES) and not n.startswith(_TRAINER_STATE)), None)
 
 
 def _hub_adapter_pickle_only(repo: str) -> str | None:

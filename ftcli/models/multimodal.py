@@ -219,6 +219,7 @@ def save_git_outputs(model, tokenizer, processor, recipe: Recipe, out: Path, cou
     """The run dir of a caption run: trained tensors, git_config.json, tokenizer and image processor."""
     from ftcli.models.save import save_tokenizer
 
+    out.mkdir(parents=True, exist_ok=True)
     names = save_trained(model, out)
     config = {
         "architecture": "ftcli-git",

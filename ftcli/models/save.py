@@ -8,11 +8,11 @@ config.json with the KV cache on, safetensors only."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ftcli.errors import UserError
 from ftcli.models.load import inference_config, model_source
+from ftcli.models.loadable import loadable_model_config, loadable_tokenizer_config
 from ftcli.recipe.schema import ModelSpec, Recipe
 
 
@@ -24,8 +24,7 @@ def save_model_outputs(model, tokenizer, recipe: Recipe, out: Path, weights: boo
     inference_config(model)
     if weights:  # only the trained adapter: DPO may hold a frozen "ref" copy beside it
         model.save_pretrained(out, safe_serialization=True, **({"selected_adapters": ["default"]} if is_peft else {}))
-    elif (out / "config.json").exists():
-        _set_use_cache(out / "config.json")
+    loadable_model_config(out / "config.json")
     save_tokenizer(tokenizer, out, recipe.model, chat_template)
     saved = {"kind": "adapter" if is_peft else "full", "path": str(out)}
     if recipe.output.merge:
@@ -48,7 +47,7 @@ def save_tokenizer(tokenizer, out: Path, spec: ModelSpec | Path, chat_template: 
     chat template the run trained with, if that is not the tokenizer's own."""
     if not copy_tokenizer_files(spec, out):
         tokenizer.save_pretrained(out)
-    loadable_by_transformers_4(out / "tokenizer_config.json")
+    loadable_tokenizer_config(out / "tokenizer_config.json")
     if chat_template is not None:  # transformers (4.43+, 5) and vLLM read it before tokenizer_config's
         (out / "chat_template.jinja").write_text(chat_template)
 
@@ -77,23 +76,6 @@ def copy_tokenizer_files(spec: ModelSpec | Path, out: Path) -> bool:
     return True
 
 
-def loadable_by_transformers_4(config_file: Path) -> None:
-    """Two things transformers 5 writes that transformers 4.x (and tools pinned to it, such as llama.cpp's
-    converter) cannot load: its own class name (TokenizersBackend; the fast-tokenizer class both know reads the
-    same files), and `extra_special_tokens` as a list (4.x wants a dict there, and reads the list as
-    `additional_special_tokens`, which 5.x still accepts). Found by bench/interop.py."""
-    if not config_file.exists():
-        return
-    config = json.loads(config_file.read_text())
-    before = dict(config)
-    if config.get("tokenizer_class") == "TokenizersBackend":
-        config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    if isinstance(config.get("extra_special_tokens"), list):
-        config["additional_special_tokens"] = config.pop("extra_special_tokens")
-    if config != before:
-        config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-
-
 def merge_adapter(recipe: Recipe, adapter_dir: Path, out: Path, dtype: str | None = None) -> Path:
     """Base (QLoRA: dequantized to the compute dtype) + adapter -> full weights loadable without peft, in `dtype`
     (a torch dtype name) or the compute dtype."""
@@ -116,12 +98,6 @@ def merge_adapter(recipe: Recipe, adapter_dir: Path, out: Path, dtype: str | Non
     return out
 
 
-def _set_use_cache(config_file: Path) -> None:
-    config = json.loads(config_file.read_text())
-    config["use_cache"] = True
-    config_file.write_text(json.dumps(config, indent=2) + "\n")
-
-
 def save_full(recipe: Recipe, run_dir: Path, out: Path, dtype: str | None = None) -> Path:
     """A full fine-tune's weights re-saved (in `dtype`), with the run's tokenizer files."""
     from ftcli import report
@@ -142,3 +118,4 @@ def _save_weights(model, out: Path, dtype: str | None) -> None:
         model.config.dtype = getattr(torch, dtype)
     inference_config(model)
     model.save_pretrained(out, safe_serialization=True)
+    loadable_model_config(out / "config.json")

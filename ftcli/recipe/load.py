@@ -18,12 +18,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from ftcli import redact
 from ftcli.errors import RecipeError
 from ftcli.recipe.schema import Recipe
 
 KeyPath = tuple  # of str | int
 ENV_PATTERN = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?:,([^}]*))?\}")
-SECRET_KEY = re.compile(r"token|secret|password|passwd|api_?key", re.IGNORECASE)
 # Names other tools use for our keys, so their users get a useful did-you-mean.
 KEY_ALIASES = {
     "rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
@@ -59,8 +59,8 @@ def load_recipe(
         origins[("method", "type")] = origins.get(("method",))
     for item in overrides or []:
         _apply_override(raw, item, origins)
-    secret_paths: list[str] = []
-    raw = _interpolate(raw, (), env, origins, secret_paths)
+    templates: dict[str, str] = {}
+    raw = _interpolate(raw, (), env, origins, templates)
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
@@ -68,11 +68,15 @@ def load_recipe(
     _resolve_local_paths(recipe, Path(path).resolve().parent, origins)
     recipe._source = str(path)
     recipe._origins = origins
-    recipe._secret_paths = secret_paths
+    recipe._templates = templates
     return recipe
 
 
 # --- YAML with line numbers -------------------------------------------------------------------------------
+
+
+MAX_VALUES = 100_000  # values a recipe may expand to: YAML aliases can multiply them past any memory
+MAX_DEPTH = 64
 
 
 def _read_yaml(path: Path, origins: Origins) -> dict:
@@ -80,15 +84,19 @@ def _read_yaml(path: Path, origins: Origins) -> dict:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise RecipeError("recipe file not found; check the path", where=str(path)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(f"cannot read recipe: {exc}", where=str(path)) from None
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise RecipeError(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); save the recipe as UTF-8",
+                          where=f"{path}:{line}") from None  # fmt: skip
+    except OSError as exc:
+        raise RecipeError(f"cannot read recipe: {exc.strerror or exc}", where=str(path)) from None
     loader = None
     try:
         loader = yaml.SafeLoader(text)  # rejects control characters already
         node = loader.get_single_node()
         if node is None:
             raise RecipeError("recipe is empty; it needs at least model: and data:", where=f"{path}:1")
-        return _build(loader, node, (), path, origins, top=True)
+        return _Builder(loader, path, origins).build(node, (), top=True)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = f":{mark.line + 1}" if mark else ""
@@ -96,33 +104,69 @@ def _read_yaml(path: Path, origins: Origins) -> dict:
             line = f":{text.count(chr(10), 0, exc.position) + 1}"
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise RecipeError(f"YAML syntax error: {problem}", where=f"{path}{line}") from None
+    except RecursionError:
+        raise RecipeError(f"nested more than {MAX_DEPTH} levels deep; a recipe is a few levels of keys",
+                          where=str(path)) from None  # fmt: skip
     finally:
         if loader is not None:
             loader.dispose()
 
 
-def _build(loader: yaml.SafeLoader, node: yaml.Node, path: KeyPath, file: Path, origins: Origins, top=False):
-    origins[path] = f"{file}:{node.start_mark.line + 1}"
-    if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)
+class _Builder:
+    """YAML nodes -> plain values, keeping each key path's file:line. Bounded: at most MAX_VALUES values and
+    MAX_DEPTH levels, and an alias may not contain itself, so no document can exhaust memory or the stack.
+    `<<:` merge keys work as in YAML 1.1: the mapping's own keys win over merged ones."""
+
+    def __init__(self, loader: yaml.SafeLoader, file: Path, origins: Origins):
+        self.loader, self.file, self.origins = loader, file, origins
+        self.count = 0
+        self.open: set[int] = set()  # nodes being built: meeting one again means an alias contains itself
+        self.merged: dict[int, int] = {}  # mapping node -> how many of its pairs came from merge keys
+
+    def build(self, node: yaml.Node, path: KeyPath, top: bool = False):
+        where = f"{self.file}:{node.start_mark.line + 1}"
+        self.count += 1
+        if self.count > MAX_VALUES:
+            raise RecipeError(f"the recipe expands to over {MAX_VALUES:,} values (YAML aliases repeating aliases?)",
+                              where=where)  # fmt: skip
+        if len(path) > MAX_DEPTH:
+            raise RecipeError(f"nested more than {MAX_DEPTH} levels deep", key=_dotted(path), where=where)
+        if id(node) in self.open:
+            raise RecipeError("a YAML alias refers to a value that contains it, which would never end",
+                              key=_dotted(path) or None, where=where)  # fmt: skip
+        if top and not isinstance(node, yaml.MappingNode):
+            raise RecipeError("a recipe must be a mapping of keys (model:, data:, ...)", where=f"{self.file}:1")
+        self.origins[path] = where
+        if not isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+            return self.loader.construct_object(node, deep=True)
+        self.open.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self._mapping(node, path)
+            return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
+        finally:
+            self.open.discard(id(node))
+
+    def _mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict:
+        if id(node) not in self.merged:
+            own = sum(1 for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge")
+            self.loader.flatten_mapping(node)  # merged pairs first, then the mapping's own
+            self.merged[id(node)] = len(node.value) - own
+        first_own = self.merged[id(node)]
         out: dict = {}
-        for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
-            where = f"{file}:{key_node.start_mark.line + 1}"
+        own_keys: set = set()
+        for index, (key_node, value_node) in enumerate(node.value):
+            key = self.loader.construct_object(key_node, deep=True)
+            where = f"{self.file}:{key_node.start_mark.line + 1}"
             if not isinstance(key, str):
-                raise RecipeError(
-                    f"keys must be strings, got {key!r}", key=_dotted(path) or None, where=where
-                )
-            if key in out:
-                raise RecipeError("key given twice", key=_dotted(path + (key,)), where=where)
-            out[key] = _build(loader, value_node, path + (key,), file, origins)
-            origins[path + (key,)] = where
+                raise RecipeError(f"keys must be strings, got {key!r}", key=_dotted(path) or None, where=where)
+            if index >= first_own:
+                if key in own_keys:
+                    raise RecipeError("key given twice", key=_dotted(path + (key,)), where=where)
+                own_keys.add(key)
+            out[key] = self.build(value_node, path + (key,))
+            self.origins[path + (key,)] = where
         return out
-    if top:
-        raise RecipeError("a recipe must be a mapping of keys (model:, data:, ...)", where=f"{file}:1")
-    if isinstance(node, yaml.SequenceNode):
-        return [_build(loader, item, path + (i,), file, origins) for i, item in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
 
 
 def _read_with_extends(path: Path, origins: Origins, chain: tuple) -> dict:
@@ -222,17 +266,19 @@ def _set_child(node: Any, part: Any, value: Any, key: str) -> None:
         node[part] = value
 
 
-def _interpolate(value: Any, path: KeyPath, env: Mapping[str, str], origins: Origins, secret_paths: list) -> Any:
+def _interpolate(value: Any, path: KeyPath, env: Mapping[str, str], origins: Origins, templates: dict) -> Any:
     if isinstance(value, dict):
-        return {k: _interpolate(v, path + (k,), env, origins, secret_paths) for k, v in value.items()}
+        return {k: _interpolate(v, path + (k,), env, origins, templates) for k, v in value.items()}
     if isinstance(value, list):
-        return [_interpolate(v, path + (i,), env, origins, secret_paths) for i, v in enumerate(value)]
+        return [_interpolate(v, path + (i,), env, origins, templates) for i, v in enumerate(value)]
     if not isinstance(value, str) or "${" not in value:
         return value
 
     def replace(match: re.Match) -> str:
         name, default = match.group(1), match.group(2)
         if name in env:
+            if redact.is_secret_name(name):
+                redact.add(env[name])
             return env[name]
         if default is not None:
             return default
@@ -243,8 +289,8 @@ def _interpolate(value: Any, path: KeyPath, env: Mapping[str, str], origins: Ori
         )
 
     names = [m.group(1) for m in ENV_PATTERN.finditer(value)]
-    if SECRET_KEY.search(_dotted(path)) or any(SECRET_KEY.search(n) for n in names):
-        secret_paths.append(_dotted(path))  # a secret: the key or the variable is named like one (HF_TOKEN, ...)
+    if any(redact.is_secret_name(n) for n in names):
+        templates[_dotted(path)] = value  # frozen as written: ${env:HF_TOKEN}, never the token
     return ENV_PATTERN.sub(replace, value)
 
 
@@ -354,6 +400,16 @@ def _resolve_local_path(text: str, base: Path) -> str | None:
     return None
 
 
+def _symlink(text: str, base: Path) -> str | None:
+    """Where `text` (a folder named in the recipe) leads, if it is a symbolic link."""
+    for candidate in (base / os.path.expanduser(text), Path.cwd() / os.path.expanduser(text)):
+        if candidate.is_symlink():
+            return os.path.realpath(candidate)
+        if candidate.exists():
+            return None
+    return None
+
+
 def _resolve_local_paths(recipe: Recipe, base: Path, origins: Origins) -> None:
     """Data files are relative to the recipe file that names them (so recipes travel with their data, also through
     `extends`), then to the working dir."""
@@ -376,6 +432,11 @@ def _resolve_local_paths(recipe: Recipe, base: Path, origins: Origins) -> None:
                               key=_dotted(path), where=origins.find(path))  # fmt: skip
         if src.image_dir is not None:
             path = ("data", group, i, "image_dir")
+            linked = _symlink(src.image_dir, base_of(path))
+            if linked and not recipe.data.allow_images_outside:
+                raise RecipeError(f"{src.image_dir} is a symbolic link (to {linked}), which would move the folder "
+                                  "images are confined to; name the real folder, or set data.allow_images_outside: "
+                                  "true", key=_dotted(path), where=origins.find(path))  # fmt: skip
             found = _resolve_local_path(src.image_dir, base_of(path))
             if not found or not Path(found).is_dir():
                 raise RecipeError(f"image folder not found: {src.image_dir} (looked next to the recipe and in the "

@@ -47,7 +47,8 @@ REPORTERS = ("none", "tensorboard", "wandb", "mlflow", "trackio")
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True, validate_assignment=True)
+    # allow_inf_nan: .inf/.nan are never a learning rate, epoch count or weight
+    model_config = ConfigDict(extra="forbid", validate_default=True, validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelSpec(Strict):
@@ -70,7 +71,7 @@ class ModelSpec(Strict):
 
 
 class LoraFields(Strict):
-    r: int = Field(8, gt=0, description="LoRA rank")
+    r: int = Field(8, gt=0, le=4096, description="LoRA rank")
     alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
     dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA path")
     target_modules: Literal["all-linear"] | list[str] | None = Field(
@@ -107,14 +108,14 @@ class QLoraMethod(LoraFields):
 
 class PrefixMethod(Strict):
     type: Literal["prefix"] = "prefix"
-    num_virtual_tokens: int = Field(20, gt=0, description="prefix length (key/value vectors per layer)")
+    num_virtual_tokens: int = Field(20, gt=0, le=4096, description="prefix length (key/value vectors per layer)")
     prefix_projection: bool = Field(False, description="reparametrize the prefix through an MLP (P-Tuning v2 style)")
     encoder_hidden_size: int | None = Field(None, gt=0, description="hidden size of that MLP")
 
 
 class PromptMethod(Strict):
     type: Literal["prompt"] = "prompt"
-    num_virtual_tokens: int = Field(20, gt=0, description="soft-prompt length")
+    num_virtual_tokens: int = Field(20, gt=0, le=4096, description="soft-prompt length")
     init_text: str | None = Field(None, description="initialize the soft prompt from this text's embeddings")
 
 
@@ -134,7 +135,7 @@ class DataSource(Strict):
     name: str | None = Field(None, description="hub dataset config name")
     revision: str | None = Field(None, description="hub dataset revision")
     max_samples: int | None = Field(None, gt=0, description="take at most this many rows (after shuffling)")
-    weight: float | None = Field(None, gt=0, description="row multiplier when mixing: 0.5 = half, 2 = twice")
+    weight: float | None = Field(None, gt=0, le=1000, description="row multiplier when mixing: 0.5 = half, 2 = twice")
     image_dir: str | None = Field(None, description="image formats: folder image paths are relative to (and "
                                   "confined to); default the data file's folder")
 
@@ -155,7 +156,7 @@ class DataSpec(Strict):
         None, description="None = the tokenizer's chat template; a name (chatml, alpaca, llama2) or inline Jinja"
     )
     train_on: Literal["completion", "all"] = Field("completion", description="which tokens carry the loss")
-    max_length: int = Field(1024, ge=8, description="tokens per row (per packed row when packing)")
+    max_length: int = Field(1024, ge=8, le=2**20, description="tokens per row (per packed row when packing)")
     overlong: Literal["truncate", "drop"] = Field("truncate", description="what to do with rows over max_length")
     on_bad_rows: Literal["error", "skip"] = Field("error", description="error (stop, naming file and row) or skip "
                                                   "(and count) bad rows, missing or unreadable images included")
@@ -165,8 +166,8 @@ class DataSpec(Strict):
         None, description="pack rows into max_length blocks without cross-row attention; None = on where possible"
     )
     shuffle: bool = Field(True, description="shuffle each source (seeded) before sampling")
-    seed: int = Field(42, description="seed of shuffling, sampling and the eval split")
-    num_proc: int | None = Field(None, gt=0, description="tokenization worker processes")
+    seed: int = Field(42, ge=0, lt=2**32, description="seed of shuffling, sampling and the eval split")
+    num_proc: int | None = Field(None, gt=0, le=1024, description="tokenization worker processes")
     cache_dir: str | None = Field(None, description="where prepared data is cached; default ~/.cache/ftcli/data")
 
     @model_validator(mode="after")
@@ -184,10 +185,10 @@ class DataSpec(Strict):
 
 
 class TrainingSpec(Strict):
-    epochs: float = Field(1.0, gt=0, description="passes over the training data")
-    max_steps: int | None = Field(None, gt=0, description="overrides epochs when set")
-    batch_size: int = Field(8, gt=0, description="rows per device per step (packed rows when packing)")
-    grad_accum: int = Field(1, gt=0, description="gradient accumulation steps")
+    epochs: float = Field(1.0, gt=0, le=1e6, description="passes over the training data")
+    max_steps: int | None = Field(None, gt=0, le=10**9, description="overrides epochs when set")
+    batch_size: int = Field(8, gt=0, le=2**20, description="rows per device per step (packed rows when packing)")
+    grad_accum: int = Field(1, gt=0, le=2**20, description="gradient accumulation steps")
     learning_rate: float | None = Field(
         None, gt=0, description="None = by method (full/lora/prefix): train 2e-5/2e-4/3e-2, preference "
         "5e-7/5e-6/1e-3, reward 1e-5/1e-4/1e-3"
@@ -204,7 +205,7 @@ class TrainingSpec(Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="mixed precision (autocast); auto = model.dtype's, else bf16 where the GPU has it, else fp32"
     )
-    seed: int = Field(42, description="seed of initialization and data order")
+    seed: int = Field(42, ge=0, lt=2**32, description="seed of initialization and data order")
     logging_steps: int = Field(10, gt=0, description="log loss/lr every N steps (metrics.jsonl)")
     eval_steps: int | None = Field(None, gt=0, description="None = evaluate at the end of each epoch")
     save_steps: int | None = Field(None, gt=0, description="None = save only the final result")
@@ -263,14 +264,14 @@ class InferSpec(Strict):
     )
     prompts: list[str] = Field(default_factory=list, description="prompts to run when none come from the CLI")
     input: str | None = Field(None, description=".txt (one prompt per line) or .jsonl (prompt or messages field)")
-    max_new_tokens: int = Field(256, gt=0)
+    max_new_tokens: int = Field(256, gt=0, le=2**20)
     temperature: float = Field(0.0, ge=0, description="0 = greedy (reproducible)")
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0, description="0 = off")
     repetition_penalty: float = Field(1.0, gt=0)
-    num_return_sequences: int = Field(1, gt=0)
-    seed: int = 42
-    batch_size: int = Field(8, gt=0, description="prompts per generate call (left-padded)")
+    num_return_sequences: int = Field(1, gt=0, le=1024)
+    seed: int = Field(42, ge=0, lt=2**32)
+    batch_size: int = Field(8, gt=0, le=2**16, description="prompts per generate call (left-padded)")
     raw: bool = Field(False, description="send prompts as they are, without the chat template")
 
 
@@ -355,7 +356,7 @@ class Recipe(Strict):
     launch: LaunchSpec = Field(default_factory=LaunchSpec)
 
     _source: str | None = PrivateAttr(None)  # the recipe file it was loaded from
-    _secret_paths: list[str] = PrivateAttr(default_factory=list)  # keys filled from secret-looking env vars
+    _templates: dict = PrivateAttr(default_factory=dict)  # key path -> its ${env:SECRET} text, frozen instead
     _origins: Any = PrivateAttr(None)  # key path -> "file:line" or "command line", from the loader
 
     def where(self, key: str) -> str | None:

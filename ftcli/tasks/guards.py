@@ -3,11 +3,13 @@ from, and stop at a non-finite loss instead of training on garbage; and checkpoi
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from ftcli.errors import UserError
@@ -27,6 +29,29 @@ class Diverged(UserError):
     """The loss became NaN or infinite."""
 
 
+def _stop_now(signum, frame):
+    raise Stopped(f"stopped by {signal.Signals(signum).name} before any training step could finish; nothing to "
+                  "resume from yet", signum)  # fmt: skip
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """For a run's whole lifetime (tokenizing, loading, saving): SIGTERM stops it at once as an interruption, exit
+    143, recorded as such, where the default would kill it mid-word with summary.json still saying running.
+    During the training loop the Guards callback turns SIGTERM and Ctrl-C into a checkpoint-and-stop instead."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _stop_now)
+    try:
+        yield
+    finally:
+        if previous is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def make_guards():
     from transformers import TrainerCallback
 
@@ -36,9 +61,10 @@ def make_guards():
             self.previous = {}
 
         def on_train_begin(self, args, state, control, **kw):
-            # only where nobody else handles them (a caller's own handlers win)
-            for signum, default in ((signal.SIGTERM, signal.SIG_DFL), (signal.SIGINT, signal.default_int_handler)):
-                if signal.getsignal(signum) is default:
+            # only where nobody else handles them (a caller's own handlers win over ftcli's defaults)
+            ours = ((signal.SIGTERM, (signal.SIG_DFL, _stop_now)), (signal.SIGINT, (signal.default_int_handler,)))
+            for signum, defaults in ours:
+                if signal.getsignal(signum) in defaults:
                     self.previous[signum] = signal.signal(signum, self._on_signal)
 
         def _on_signal(self, signum, frame):

@@ -10,47 +10,57 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ftcli import dispatch, report
+from ftcli import dispatch, redact, report
 from ftcli.data.prepare import PreparedData, prepare_data
 from ftcli.data.templates import resolve_template
-from ftcli.errors import RecipeError
+from ftcli.errors import RecipeError, UserError, environment_error
 from ftcli.models.hardware import cast_trained, check_hardware, device_of, precision
 from ftcli.models.load import load_base_model, load_tokenizer, model_source, training_config
 from ftcli.models.memory import choose_gradient_checkpointing
 from ftcli.models.methods import apply_method, parameter_counts
 from ftcli.models.save import save_model_outputs
 from ftcli.recipe.schema import Recipe
-from ftcli.run_dir import freeze_recipe, newest_checkpoint, open_run_dir, run_dir_of
-from ftcli.tasks.guards import Stopped, atomic_checkpoints, make_guards
+from ftcli.run_dir import FINAL_STAGING, freeze_recipe, newest_checkpoint, open_run_dir, publish, run_dir_of
+from ftcli.tasks.guards import Diverged, Stopped, atomic_checkpoints, make_guards, stop_on_signals
 
 
 def run_task(recipe: Recipe, train: Callable[[Recipe, Path, bool], dict], overwrite=False, resume=False) -> dict:
-    """Open the run dir, record the recipe, and keep summary.json's status true whatever happens. In an
-    accelerate worker the launching command has opened the dir already, and only the main worker writes."""
+    """Open and lock the run dir, record the recipe, and keep summary.json's status true however the run ends:
+    completed, failed (a user error, a loss or weights gone NaN), interrupted (Ctrl-C, SIGTERM, at any stage) or
+    crashed (an internal error, its message recorded). In an accelerate worker the launching command has opened
+    the dir already, and only the main worker writes."""
+    lock = None
     if dispatch.in_worker():
         out = run_dir_of(recipe)
     else:
-        out = open_run_dir(recipe, overwrite=overwrite, resume=resume)
+        out, lock = open_run_dir(recipe, overwrite=overwrite, resume=resume)
         freeze_recipe(recipe, out)
     write = dispatch.is_main_process()
     summary: dict = {"status": "running", "task": recipe.task, "method": recipe.method.type, "run_dir": str(out)}
-    if write:
-        report.write_json(out / "summary.json", summary)
     started = time.time()
     try:
-        summary.update(train(recipe, out, resume))
-        summary["status"] = "completed"
-    except (KeyboardInterrupt, Stopped):
-        summary["status"] = "interrupted"
+        with stop_on_signals():
+            if write:
+                report.write_summary(out / "summary.json", summary)
+            summary.update(train(recipe, out, resume))
+            summary["status"] = "completed"
+    except (KeyboardInterrupt, Stopped) as exc:
+        summary.update(status="interrupted", exit_code=getattr(exc, "exit_code", 130))
         raise
     except BaseException as exc:
-        summary.update(status="failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-                       exit_code=getattr(exc, "exit_code", 1))  # fmt: skip
+        user = isinstance(exc, UserError) or environment_error(exc) is not None  # a full disk is no crash
+        line = environment_error(exc) or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        summary.update(status="failed" if user else "crashed", error=redact.mask(line),
+                       exit_code=getattr(exc, "exit_code", 2 if user else 1))  # fmt: skip
         raise
     finally:
         summary["wall_time_s"] = round(time.time() - started, 2)
-        if write:
-            report.write_json(out / "summary.json", summary)
+        try:
+            if write:
+                report.write_summary(out / "summary.json", summary)
+        finally:
+            if lock is not None:
+                lock.release()
     return summary
 
 
@@ -182,18 +192,24 @@ def train_and_save(trainer, setup: Setup, out: Path, resume: bool, callback, on_
     trainer.add_callback(make_guards())
     atomic_checkpoints(trainer)  # a save killed midway leaves no checkpoint-N
     _print_plan(setup, trainer)
-    checkpoint = newest_checkpoint(out) if resume else None
+    checkpoint = newest_checkpoint(out, report=report.phase) if resume else None
     with _numerics(setup, trainer.model):
         start = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         train_seconds = time.perf_counter() - start
         final_eval = trainer.evaluate() if setup.has_eval else {}
+    _check_finite(trainer, result.training_loss)
 
+    # The final outputs are written whole into a staging dir, then moved into place: a kill or a full disk midway
+    # never leaves a truncated adapter or weights file that looks like a result.
+    stage = out / FINAL_STAGING
+    report.phase(f"saving to {out}")
     if dispatch.in_worker():  # every rank takes part (DeepSpeed/FSDP gather the weights); the main one writes
-        trainer.save_model(str(out))
+        trainer.save_model(str(stage))
     saved = {}
     if dispatch.is_main_process():
-        saved = setup.save_outputs(trainer.model, out, weights=not dispatch.in_worker())
+        saved = setup.save_outputs(trainer.model, stage, weights=not dispatch.in_worker())
+        saved = publish(stage, out, saved)
     if on_done is not None:
         on_done(trainer.model, setup.tokenizer)
     if dispatch.is_main_process():
@@ -229,6 +245,21 @@ def train_and_save(trainer, setup: Setup, out: Path, resume: bool, callback, on_
         f"{summary['final_loss']}" + (f", eval {summary['final_eval_loss']:.4f}" if final_eval else "") + f"  {out}"
     )
     return summary
+
+
+def _check_finite(trainer, training_loss: float) -> None:
+    """A run whose loss or weights became NaN/inf has failed, whatever the logged losses showed (the loss guard
+    sees only logged steps): nothing is saved as a result; the checkpoints before stay."""
+    import torch
+
+    step = trainer.state.global_step
+    if training_loss is not None and not math.isfinite(training_loss):
+        raise Diverged(f"the training loss is {training_loss} after step {step}; lower training.learning_rate or check "
+                       "the data (earlier checkpoints are kept)")  # fmt: skip
+    for name, param in trainer.model.named_parameters():
+        if param.requires_grad and param.numel() and not torch.isfinite(param.detach()).all():
+            raise Diverged(f"the trained weights hold NaN/inf after step {step} ({name}); lower "
+                           "training.learning_rate or set training.max_grad_norm (earlier checkpoints are kept)")  # fmt: skip
 
 
 def _main_process_first(recipe: Recipe):
