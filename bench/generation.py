@@ -34,8 +34,10 @@ def main() -> None:
     recipe = resolve_target(args.model, [f"infer.max_new_tokens={args.new_tokens}"])
     model, tokenizer = load_for_inference(recipe)
     template = inference_template(recipe, tokenizer, raw=False)
-    items = [Item(i, {"prompt": f"Question {i}: what is the capital of country number {i}?"}, "bench")
-             for i in range(args.prompts)]  # fmt: skip
+    items = [
+        Item(i, {"prompt": f"Question {i}: what is the capital of country number {i}?"}, "bench")
+        for i in range(args.prompts)
+    ]
 
     def timed(batch_size: int) -> tuple[float, int, list[str]]:
         spec = recipe.infer.model_copy(update={"batch_size": batch_size})
@@ -47,18 +49,37 @@ def main() -> None:
     timed(args.batch_size)  # warm-up
     batched_s, batched_tokens, batched_out = timed(args.batch_size)
     single_s, single_tokens, single_out = timed(1)
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
+    device = (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"cpu ({torch.get_num_threads()} threads)"
+    )
     result = {
-        "model": args.model, "prompts": args.prompts, "max_new_tokens": args.new_tokens, "device": device,
-        "torch": torch.__version__, "python": platform.python_version(),
-        "batched": {"batch_size": args.batch_size, "seconds": round(batched_s, 3), "tokens": batched_tokens,
-                    "tokens_per_s": round(batched_tokens / batched_s, 1)},
-        "one_at_a_time": {"seconds": round(single_s, 3), "tokens": single_tokens,
-                          "tokens_per_s": round(single_tokens / single_s, 1)},
+        "model": args.model,
+        "prompts": args.prompts,
+        "max_new_tokens": args.new_tokens,
+        "device": device,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "batched": {
+            "batch_size": args.batch_size,
+            "seconds": round(batched_s, 3),
+            "tokens": batched_tokens,
+            "tokens_per_s": round(batched_tokens / batched_s, 1),
+        },
+        "one_at_a_time": {
+            "seconds": round(single_s, 3),
+            "tokens": single_tokens,
+            "tokens_per_s": round(single_tokens / single_s, 1),
+        },
         "same_outputs": batched_out == single_out,
-    }  # fmt: skip
+    }
     result["speedup"] = round(result["batched"]["tokens_per_s"] / result["one_at_a_time"]["tokens_per_s"], 2)
-    out = Path(__file__).parent / "results" / f"generation-{'cuda' if torch.cuda.is_available() else 'cpu'}.json"
+    out = (
+        Path(__file__).parent
+        / "results"
+        / f"generation-{'cuda' if torch.cuda.is_available() else 'cpu'}.json"
+    )
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -25,8 +25,16 @@ import tarfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VENV_PACKAGES = ["torch==2.13.0", "transformers==4.57.6", "peft>=0.17,<0.22", "numpy~=2.2.6", "safetensors",
-                 "sentencepiece>=0.1.98,<0.3.0", "protobuf>=4.21.0,<5.0.0", "accelerate"]  # fmt: skip
+VENV_PACKAGES = [
+    "torch==2.13.0",
+    "transformers==4.57.6",
+    "peft>=0.17,<0.22",
+    "numpy~=2.2.6",
+    "safetensors",
+    "sentencepiece>=0.1.98,<0.3.0",
+    "protobuf>=4.21.0,<5.0.0",
+    "accelerate",
+]
 PROBE = "<|im_start|>user\nWhat is the capital of Peru?<|im_end|>\n<|im_start|>assistant\n"
 
 # Runs inside the transformers 4.57 venv: logits of merged/ and base + adapter, tokenizer hashes.
@@ -111,8 +119,17 @@ def main() -> None:
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     run = work / "run"
-    sh(sys.executable, "-m", "ftcli", "train", ROOT / "recipes/smoke/sft-lora.yaml", f"output.dir={run}",
-       "output.merge=true", "training.max_steps=20", "--overwrite")  # fmt: skip
+    sh(
+        sys.executable,
+        "-m",
+        "ftcli",
+        "train",
+        ROOT / "recipes/smoke/sft-lora.yaml",
+        f"output.dir={run}",
+        "output.merge=true",
+        "training.max_steps=20",
+        "--overwrite",
+    )
 
     import torch
     from peft import PeftModel
@@ -121,13 +138,16 @@ def main() -> None:
     from ftcli.models.builtin import builtin_path
 
     base = builtin_path("builtin:tiny-llama")
-    ids = AutoTokenizer.from_pretrained(run)(PROBE, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    ids = AutoTokenizer.from_pretrained(run)(PROBE, return_tensors="pt", add_special_tokens=False)[
+        "input_ids"
+    ]
     with torch.no_grad():
         reference = {
             "merged": AutoModelForCausalLM.from_pretrained(run / "merged").eval()(input_ids=ids).logits[0],
-            "adapter": PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), run).eval()(
-                input_ids=ids).logits[0],
-        }  # fmt: skip
+            "adapter": PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), run)
+            .eval()(input_ids=ids)
+            .logits[0],
+        }
     torch.save(reference, work / "reference.pt")
 
     venv = work / "venv-transformers-4.57"
@@ -142,8 +162,11 @@ def main() -> None:
     gguf_file = work / "merged.gguf"
     sh(python, "-c", CONVERT, llama, run / "merged", gguf_file)
     read = json.loads(sh(python, "-c", READ_GGUF, llama, gguf_file, run / "merged"))
-    result = {"ftcli_run": "recipes/smoke/sft-lora.yaml, output.merge, 20 steps", "transformers_4": old,
-              "llama_cpp": {"source": llama.parent.parent.name, **read, "pre_tokenizer_fallback": True}}  # fmt: skip
+    result = {
+        "ftcli_run": "recipes/smoke/sft-lora.yaml, output.merge, 20 steps",
+        "transformers_4": old,
+        "llama_cpp": {"source": llama.parent.parent.name, **read, "pre_tokenizer_fallback": True},
+    }
     out = ROOT / "bench" / "results" / "interop.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
@@ -153,11 +176,27 @@ def _llama_cpp_sources(work: Path) -> Path:
     found = sorted(work.glob("llama_cpp_python-*/vendor/llama.cpp"))
     if found:
         return found[-1]
-    sh(sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "llama-cpp-python", "-d", work)
+    sh(
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "-q",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "llama-cpp-python",
+        "-d",
+        work,
+    )
     sdist = sorted(work.glob("llama_cpp_python-*.tar.gz"))[-1]
     with tarfile.open(sdist) as archive:
-        wanted = [m for m in archive.getmembers() if "/vendor/llama.cpp/" in m.name and (
-            "convert_hf_to_gguf" in m.name or "/conversion/" in m.name or "/gguf-py/" in m.name)]  # fmt: skip
+        wanted = [
+            m
+            for m in archive.getmembers()
+            if "/vendor/llama.cpp/" in m.name
+            and ("convert_hf_to_gguf" in m.name or "/conversion/" in m.name or "/gguf-py/" in m.name)
+        ]
         archive.extractall(work, members=wanted, filter="data")
     return sorted(work.glob("llama_cpp_python-*/vendor/llama.cpp"))[-1]
 

@@ -27,8 +27,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-WORDS = ("the model learns to answer short questions and long ones with care while data stays skewed "
-         "most samples are short but a few are very long and padding wastes compute").split()  # fmt: skip
+WORDS = (
+    "the model learns to answer short questions and long ones with care while data stays skewed "
+    "most samples are short but a few are very long and padding wastes compute"
+).split()
 
 
 def make_workload(path: Path, rows: int, seed: int = 0) -> None:
@@ -39,8 +41,17 @@ def make_workload(path: Path, rows: int, seed: int = 0) -> None:
             n = max(8, min(1800, int(math.exp(rng.gauss(math.log(100), 0.76)))))
             text = " ".join(rng.choice(WORDS) for _ in range(n // 5 + 1))[:n]
             cut = max(4, n // 5)
-            out.write(json.dumps({"messages": [{"role": "user", "content": text[:cut]},
-                                               {"role": "assistant", "content": text[cut:] or "ok"}]}) + "\n")  # fmt: skip
+            out.write(
+                json.dumps(
+                    {
+                        "messages": [
+                            {"role": "user", "content": text[:cut]},
+                            {"role": "assistant", "content": text[cut:] or "ok"},
+                        ]
+                    }
+                )
+                + "\n"
+            )
 
 
 def recipe_text(data: Path, work: Path, method: str, steps: int) -> str:
@@ -121,33 +132,61 @@ def run_trl(data: Path, work: Path, steps: int) -> dict:
             timing["seconds"] = time.perf_counter() - timing["start"]
             timing["real_tokens"] = state.num_input_tokens_seen
 
-    args = SFTConfig(output_dir=str(work / "run-trl"), per_device_train_batch_size=8, max_length=512, max_steps=steps,
-                     use_cpu=True, report_to="none", save_strategy="no", logging_steps=1000, disable_tqdm=True,
-                     include_num_input_tokens_seen="non_padding", learning_rate=1e-4)  # fmt: skip
-    trainer = SFTTrainer(model=model, args=args, train_dataset=datasets.load_dataset("json", data_files=str(data))["train"],
-                         processing_class=tokenizer, callbacks=[Clock()])  # fmt: skip
+    args = SFTConfig(
+        output_dir=str(work / "run-trl"),
+        per_device_train_batch_size=8,
+        max_length=512,
+        max_steps=steps,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1000,
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+        learning_rate=1e-4,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=datasets.load_dataset("json", data_files=str(data))["train"],
+        processing_class=tokenizer,
+        callbacks=[Clock()],
+    )
     trainer.train()
-    return {"real_tokens": timing["real_tokens"], "seconds": timing["seconds"],
-            "gradient_checkpointing": bool(getattr(args, "gradient_checkpointing", False))}  # fmt: skip
+    return {
+        "real_tokens": timing["real_tokens"],
+        "seconds": timing["seconds"],
+        "gradient_checkpointing": bool(getattr(args, "gradient_checkpointing", False)),
+    }
 
 
 def run_ftcli(data: Path, work: Path, steps: int, method: str) -> dict:
     recipe_file = work / f"ftcli-{method}.yaml"
     recipe_file.write_text(recipe_text(data, work, method, steps))
-    proc = subprocess.run([sys.executable, "-m", "ftcli", "train", str(recipe_file), "--json", "--overwrite"],
-                          capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "ftcli", "train", str(recipe_file), "--json", "--overwrite"],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-2000:])
     summary = json.loads(proc.stdout)
-    return {"real_tokens": summary["tokens_per_s"] * summary["train_seconds"], "seconds": summary["train_seconds"],
-            "padding_fraction": summary["padding_fraction"], "gradient_checkpointing":
-            summary["gradient_checkpointing"]["enabled"], "child_peak_rss": summary["peak_memory_bytes"]}  # fmt: skip
+    return {
+        "real_tokens": summary["tokens_per_s"] * summary["train_seconds"],
+        "seconds": summary["train_seconds"],
+        "padding_fraction": summary["padding_fraction"],
+        "gradient_checkpointing": summary["gradient_checkpointing"]["enabled"],
+        "child_peak_rss": summary["peak_memory_bytes"],
+    }
 
 
 def worker(variant: str, data: Path, work: Path, steps: int) -> None:
-    run = {"raw": lambda: run_raw(data, work, steps), "trl": lambda: run_trl(data, work, steps),
-           "ftcli-full": lambda: run_ftcli(data, work, steps, "full"),
-           "ftcli-lora": lambda: run_ftcli(data, work, steps, "lora")}[variant]  # fmt: skip
+    run = {
+        "raw": lambda: run_raw(data, work, steps),
+        "trl": lambda: run_trl(data, work, steps),
+        "ftcli-full": lambda: run_ftcli(data, work, steps, "full"),
+        "ftcli-lora": lambda: run_ftcli(data, work, steps, "lora"),
+    }[variant]
     result = run()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     result["peak_rss"] = max(rss, result.pop("child_peak_rss", 0))
@@ -172,7 +211,9 @@ def cold_start(argv: list[str]) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="a few steps on a few rows (a smoke test)")
-    parser.add_argument("--out", type=Path, default=HERE / "results", help="where the .md and .json results go")
+    parser.add_argument(
+        "--out", type=Path, default=HERE / "results", help="where the .md and .json results go"
+    )
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
@@ -191,8 +232,12 @@ def main() -> None:
     results = {}
     for variant in ("raw", "trl", "ftcli-full", "ftcli-lora"):
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, __file__, "--variant", variant, "--work", str(work), "--steps",
-                               str(steps)], capture_output=True, text=True, env=env)  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, __file__, "--variant", variant, "--work", str(work), "--steps", str(steps)],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         wall = time.perf_counter() - start
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
@@ -207,13 +252,19 @@ def main() -> None:
         result["ratio_to_trl"] = round(result["tokens_per_s"] / results["trl"]["tokens_per_s"], 3)
         result["wall_vs_raw"] = round(result["wall_s"] / raw["wall_s"], 3)
     report = {
-        "mode": "quick" if args.quick else "full", "rows": rows, "steps": steps, "batch": "8 x 512",
-        "model": "builtin:bench-llama (3.1M)", "machine": f"{platform.machine()}, {os.cpu_count()} cpus, "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads)", "python": platform.python_version(),
-        "help_cold_start_s": {name: cold_start([str(Path(sys.executable).parent / name), "--help"])
-                              for name in ("ftcli", "trl")},  # both console scripts
+        "mode": "quick" if args.quick else "full",
+        "rows": rows,
+        "steps": steps,
+        "batch": "8 x 512",
+        "model": "builtin:bench-llama (3.1M)",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads)",
+        "python": platform.python_version(),
+        "help_cold_start_s": {
+            name: cold_start([str(Path(sys.executable).parent / name), "--help"]) for name in ("ftcli", "trl")
+        },  # both console scripts
         "results": results,
-    }  # fmt: skip
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     name = "throughput-quick" if args.quick else "throughput-cpu"
     (args.out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -222,22 +273,32 @@ def main() -> None:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# Training throughput ({report['mode']})", "",
-             f"{report['rows']} skewed chat rows, {report['steps']} steps of {report['batch']}, {report['model']}; "
-             f"{report['machine']}, Python {report['python']}.", "",
-             "| variant | real tok/s | vs raw loop | vs TRL | wall s | wall vs raw | peak RSS MiB | notes |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
-    notes = {"raw": "packed, per-document attention", "trl": "SFTTrainer defaults",
-             "ftcli-full": "`ftcli train`, full FT", "ftcli-lora": "`ftcli train`, LoRA r8 all-linear"}  # fmt: skip
+    lines = [
+        f"# Training throughput ({report['mode']})",
+        "",
+        f"{report['rows']} skewed chat rows, {report['steps']} steps of {report['batch']}, {report['model']}; "
+        f"{report['machine']}, Python {report['python']}.",
+        "",
+        "| variant | real tok/s | vs raw loop | vs TRL | wall s | wall vs raw | peak RSS MiB | notes |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    notes = {
+        "raw": "packed, per-document attention",
+        "trl": "SFTTrainer defaults",
+        "ftcli-full": "`ftcli train`, full FT",
+        "ftcli-lora": "`ftcli train`, LoRA r8 all-linear",
+    }
     for name, r in report["results"].items():
         extra = []
         if "gradient_checkpointing" in r:
             extra.append(f"grad ckpt {'on' if r['gradient_checkpointing'] else 'off'}")
         if r.get("padding_fraction") is not None:
             extra.append(f"padding {r['padding_fraction']:.0%}")
-        lines.append(f"| {name} | {r['tokens_per_s']:,.0f} | {r['ratio_to_raw']:.2f} | {r['ratio_to_trl']:.2f} | "
-                     f"{r['wall_s']:.1f} | {r['wall_vs_raw']:.2f} | {r['peak_rss'] / 2**20:,.0f} | "
-                     f"{notes[name]}{'; ' + ', '.join(extra) if extra else ''} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {r['tokens_per_s']:,.0f} | {r['ratio_to_raw']:.2f} | {r['ratio_to_trl']:.2f} | "
+            f"{r['wall_s']:.1f} | {r['wall_vs_raw']:.2f} | {r['peak_rss'] / 2**20:,.0f} | "
+            f"{notes[name]}{'; ' + ', '.join(extra) if extra else ''} |"
+        )
     cold = report["help_cold_start_s"]
     lines += ["", f"`--help` cold start: ftcli {cold['ftcli']} s, trl {cold['trl']} s.", ""]
     return "\n".join(lines)

@@ -24,9 +24,13 @@ app = typer.Typer(
 )
 
 RecipeArg = typer.Argument(..., help="recipe YAML file (or a bundled recipe name, see `ftcli recipes`)")
-OverridesArg = typer.Argument(None, help="dotted overrides, e.g. training.learning_rate=1e-4", show_default=False)
+OverridesArg = typer.Argument(
+    None, help="dotted overrides, e.g. training.learning_rate=1e-4", show_default=False
+)
 JsonOpt = typer.Option(False, "--json", help="print the result as JSON on stdout")
-DeviceOpt = typer.Option(None, "--device", help="auto | cuda | mps | cpu (launch.device; default auto: a GPU if any)")
+DeviceOpt = typer.Option(
+    None, "--device", help="auto | cuda | mps | cpu (launch.device; default auto: a GPU if any)"
+)
 
 
 def _with_device(overrides: list[str] | None, device: str | None) -> list[str]:
@@ -42,7 +46,9 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="show tracebacks and library logs"),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version"),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="print the version"
+    ),
 ) -> None:
     if debug:
         os.environ["FTCLI_DEBUG"] = "1"  # reaches accelerate-launched workers too
@@ -127,22 +133,38 @@ def prepare(recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg,
 
 OverwriteOpt = typer.Option(False, "--overwrite", help="replace a non-empty output dir")
 ResumeOpt = typer.Option(False, "--resume", help="continue from the newest checkpoint in the output dir")
-LauncherOpt = typer.Option("auto", "--launcher", help="auto | python (one process here, for debugging) | accelerate")
-DryRunOpt = typer.Option(False, "--dry-run", help="print the launch command and accelerate config; run nothing")
+LauncherOpt = typer.Option(
+    "auto", "--launcher", help="auto | python (one process here, for debugging) | accelerate"
+)
+DryRunOpt = typer.Option(
+    False, "--dry-run", help="print the launch command and accelerate config; run nothing"
+)
 
 
 @app.command()
-def train(recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg, overwrite: bool = OverwriteOpt,
-          resume: bool = ResumeOpt, launcher: str = LauncherOpt, dry_run: bool = DryRunOpt,
-          as_json: bool = JsonOpt):  # fmt: skip
+def train(
+    recipe: str = RecipeArg,
+    overrides: list[str] | None = OverridesArg,
+    overwrite: bool = OverwriteOpt,
+    resume: bool = ResumeOpt,
+    launcher: str = LauncherOpt,
+    dry_run: bool = DryRunOpt,
+    as_json: bool = JsonOpt,
+):
     """Train (pretrain or SFT) with full fine-tuning, LoRA, QLoRA, prefix or prompt tuning."""
     _run("train", recipe, overrides, overwrite, resume, launcher, dry_run, as_json)
 
 
 @app.command()
-def align(recipe: str = RecipeArg, overrides: list[str] | None = OverridesArg, overwrite: bool = OverwriteOpt,
-          resume: bool = ResumeOpt, launcher: str = LauncherOpt, dry_run: bool = DryRunOpt,
-          as_json: bool = JsonOpt):  # fmt: skip
+def align(
+    recipe: str = RecipeArg,
+    overrides: list[str] | None = OverridesArg,
+    overwrite: bool = OverwriteOpt,
+    resume: bool = ResumeOpt,
+    launcher: str = LauncherOpt,
+    dry_run: bool = DryRunOpt,
+    as_json: bool = JsonOpt,
+):
     """Preference training: dpo, kto or a reward model, with full, LoRA, QLoRA, prefix or prompt tuning."""
     _run("align", recipe, overrides, overwrite, resume, launcher, dry_run, as_json)
 
@@ -155,7 +177,9 @@ def _run(command, recipe, overrides, overwrite, resume, launcher, dry_run, as_js
     loaded = _load(recipe, overrides)
     _quiet_libraries()
     with _located(loaded):
-        result = launch.run(command, loaded, overwrite=overwrite, resume=resume, launcher=launcher, dry_run=dry_run)
+        result = launch.run(
+            command, loaded, overwrite=overwrite, resume=resume, launcher=launcher, dry_run=dry_run
+        )
     if dry_run and not as_json:
         import shlex
 
@@ -171,11 +195,17 @@ def _run(command, recipe, overrides, overwrite, resume, launcher, dry_run, as_js
 
 @app.command()
 def infer(
-    target: str = typer.Argument(..., help="a run dir (its frozen recipe rebuilds the model) or a recipe file"),
+    target: str = typer.Argument(
+        ..., help="a run dir (its frozen recipe rebuilds the model) or a recipe file"
+    ),
     overrides: list[str] | None = OverridesArg,
     prompt: list[str] = typer.Option([], "--prompt", "-p", help="a prompt (repeatable)"),
-    input_path: str | None = typer.Option(None, "--input", "-i", help=".txt / .jsonl file of prompts, - for stdin"),
-    image: list[str] = typer.Option([], "--image", help="caption runs: an image to describe or ask about (repeatable)"),
+    input_path: str | None = typer.Option(
+        None, "--input", "-i", help=".txt / .jsonl file of prompts, - for stdin"
+    ),
+    image: list[str] = typer.Option(
+        [], "--image", help="caption runs: an image to describe or ask about (repeatable)"
+    ),
     mode: str | None = typer.Option(None, "--mode", help="generate | score (reward models) | perplexity"),
     chat: bool = typer.Option(False, "--chat", help="interactive multi-turn session, streamed"),
     raw: bool = typer.Option(False, "--raw", help="no chat template"),
@@ -186,7 +216,9 @@ def infer(
     top_k: int | None = typer.Option(None, "--top-k"),
     num_return_sequences: int | None = typer.Option(None, "--num-return-sequences", min=1),
     seed: int | None = typer.Option(None, "--seed"),
-    split: str | None = typer.Option(None, "--split", help="perplexity: train or eval (default eval if held out)"),
+    split: str | None = typer.Option(
+        None, "--split", help="perplexity: train or eval (default eval if held out)"
+    ),
     device: str | None = DeviceOpt,
     as_json: bool = JsonOpt,
 ):
@@ -196,9 +228,17 @@ def infer(
     from ftcli.infer.run import run_infer
     from ftcli.infer.target import resolve_target
 
-    cli = {"mode": mode, "raw": raw or None, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
-           "temperature": temperature, "top_p": top_p, "top_k": top_k, "num_return_sequences": num_return_sequences,
-           "seed": seed}  # fmt: skip
+    cli = {
+        "mode": mode,
+        "raw": raw or None,
+        "batch_size": batch_size,
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": top_k,
+        "num_return_sequences": num_return_sequences,
+        "seed": seed,
+    }
     extra = [f"infer.{k}={json.dumps(v)}" for k, v in cli.items() if v is not None]
     loaded = resolve_target(target, [*_with_device(overrides, device), *extra])
     _quiet_libraries()
@@ -216,9 +256,14 @@ def evaluate(
     target: str = typer.Argument(..., help="a run dir, merged or model dir, recipe, hub id or builtin:NAME"),
     overrides: list[str] | None = OverridesArg,
     tasks: str = typer.Option(..., "--tasks", "-t", help="lm-eval task names, comma-separated"),
-    include_path: str | None = typer.Option(None, "--include-path", help="a folder of your own task YAMLs "
-                                            "(their data_files relative to it), e.g. recipes/eval"),
-    limit: int | None = typer.Option(None, "--limit", min=1, help="at most N examples per task (a quick look)"),
+    include_path: str | None = typer.Option(
+        None,
+        "--include-path",
+        help="a folder of your own task YAMLs (their data_files relative to it), e.g. recipes/eval",
+    ),
+    limit: int | None = typer.Option(
+        None, "--limit", min=1, help="at most N examples per task (a quick look)"
+    ),
     num_fewshot: int | None = typer.Option(None, "--num-fewshot", min=0),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     compare_base: bool = typer.Option(False, "--compare-base", help="also score the run's starting model"),
@@ -253,7 +298,9 @@ def merge(
     overrides: list[str] | None = OverridesArg,
     out: str = typer.Option(..., "--out", "-o", help="where to write the merged model"),
     overwrite: bool = OverwriteOpt,
-    push_to_hub: str | None = typer.Option(None, "--push-to-hub", help="also upload to this hub repo (needs a token)"),
+    push_to_hub: str | None = typer.Option(
+        None, "--push-to-hub", help="also upload to this hub repo (needs a token)"
+    ),
     device: str | None = DeviceOpt,
     as_json: bool = JsonOpt,
 ):
@@ -267,7 +314,10 @@ def merge(
     _quiet_libraries()
     with _located(recipe):
         merged = export.export_run(recipe, Path(run_dir), Path(out), overwrite, full_ok=False)
-    result = {"merged": str(merged), "pushed": export.push_to_hub(merged, push_to_hub) if push_to_hub else None}
+    result = {
+        "merged": str(merged),
+        "pushed": export.push_to_hub(merged, push_to_hub) if push_to_hub else None,
+    }
     typer.echo(json.dumps(result) if as_json else str(merged))
 
 
@@ -276,9 +326,13 @@ def export_(
     run_dir: str = typer.Argument(..., help="a run dir (LoRA/QLoRA: merged into the base; full: re-saved)"),
     overrides: list[str] | None = OverridesArg,
     out: str = typer.Option(..., "--out", "-o", help="where to write the model"),
-    dtype: str | None = typer.Option(None, "--dtype", help="f16 | bf16 | f32 (default: the run's compute dtype)"),
+    dtype: str | None = typer.Option(
+        None, "--dtype", help="f16 | bf16 | f32 (default: the run's compute dtype)"
+    ),
     overwrite: bool = OverwriteOpt,
-    push_to_hub: str | None = typer.Option(None, "--push-to-hub", help="also upload to this hub repo (needs a token)"),
+    push_to_hub: str | None = typer.Option(
+        None, "--push-to-hub", help="also upload to this hub repo (needs a token)"
+    ),
     device: str | None = DeviceOpt,
     as_json: bool = JsonOpt,
 ):
@@ -295,7 +349,10 @@ def export_(
     _quiet_libraries()
     with _located(recipe):
         written = export.export_run(recipe, Path(run_dir), Path(out), overwrite, dtype)
-    result = {"exported": str(written), "pushed": export.push_to_hub(written, push_to_hub) if push_to_hub else None}
+    result = {
+        "exported": str(written),
+        "pushed": export.push_to_hub(written, push_to_hub) if push_to_hub else None,
+    }
     typer.echo(json.dumps(result) if as_json else str(written))
 
 
@@ -387,8 +444,12 @@ def _internal_error(exc: Exception) -> int:
     where = f"in {at(frames[-1])}" if frames else "?"
     if ours and ours[-1] is not frames[-1]:
         where += f", reached from {at(ours[-1])}"
-    print(redact.mask(f"internal error: {type(exc).__name__}: {exc} ({where}; rerun with --debug for the traceback)"),
-          file=sys.stderr)  # fmt: skip
+    print(
+        redact.mask(
+            f"internal error: {type(exc).__name__}: {exc} ({where}; rerun with --debug for the traceback)"
+        ),
+        file=sys.stderr,
+    )
     return 1
 
 
@@ -407,5 +468,9 @@ def _quiet_stdout() -> None:
 
 def _require_stdout() -> None:
     """Results go to stdout; with stdout closed (`>&-`) they would vanish while the command says it worked."""
-    if sys.stdout is None or getattr(sys.stdout, "closed", False):  # Python's stdout when fd 1 is closed: None
-        raise UserError("stdout is closed, so the results would be lost; redirect it to a file (or /dev/null)")
+    if sys.stdout is None or getattr(
+        sys.stdout, "closed", False
+    ):  # Python's stdout when fd 1 is closed: None
+        raise UserError(
+            "stdout is closed, so the results would be lost; redirect it to a file (or /dev/null)"
+        )

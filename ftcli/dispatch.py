@@ -43,8 +43,11 @@ def processes_per_machine(recipe: Recipe) -> int:
         if n == "auto" or n == 1:
             return 1
         if device == "mps":
-            raise RecipeError("several processes need one CUDA GPU each, or CPU workers (launch.device: cpu); MPS "
-                              "runs one process", key="launch.num_processes")  # fmt: skip
+            raise RecipeError(
+                "several processes need one CUDA GPU each, or CPU workers (launch.device: cpu); MPS "
+                "runs one process",
+                key="launch.num_processes",
+            )
         return n
     import torch
 
@@ -52,9 +55,11 @@ def processes_per_machine(recipe: Recipe) -> int:
     if n == "auto":
         return gpus
     if n > gpus:
-        raise RecipeError(f"{n} processes, but this machine has {gpus} GPU{'s' if gpus != 1 else ''} (one each); set "
-                          f"launch.num_processes: {gpus} (or auto), or launch.device: cpu to run CPU workers",
-                          key="launch.num_processes")  # fmt: skip
+        raise RecipeError(
+            f"{n} processes, but this machine has {gpus} GPU{'s' if gpus != 1 else ''} (one each); set "
+            f"launch.num_processes: {gpus} (or auto), or launch.device: cpu to run CPU workers",
+            key="launch.num_processes",
+        )
     return n
 
 
@@ -74,7 +79,8 @@ def accelerate_config(recipe: Recipe, precision: str) -> dict:
         "distributed_type": {"ddp": "MULTI_GPU", "deepspeed": "DEEPSPEED", "fsdp": "FSDP"}[launch.strategy],
         "num_machines": launch.num_machines,
         "machine_rank": launch.machine_rank,
-        "num_processes": processes_per_machine(recipe) * launch.num_machines,  # accelerate counts all machines
+        "num_processes": processes_per_machine(recipe)
+        * launch.num_machines,  # accelerate counts all machines
         "main_process_port": launch.main_process_port,
         "mixed_precision": precision if precision in ("bf16", "fp16") else "no",
         "use_cpu": device_of(recipe) == "cpu",
@@ -87,15 +93,19 @@ def accelerate_config(recipe: Recipe, precision: str) -> dict:
         config["main_process_ip"] = launch.main_process_ip
     if launch.strategy == "deepspeed":
         ds = launch.deepspeed
-        config["deepspeed_config"] = {"deepspeed_config_file": ds.config_file} if ds.config_file else {
-            "zero_stage": ds.zero_stage,
-            "offload_optimizer_device": "cpu" if ds.offload_optimizer else "none",
-            "offload_param_device": "cpu" if ds.offload_params else "none",
-            "zero3_init_flag": ds.zero_stage == 3,
-            "zero3_save_16bit_model": ds.zero_stage == 3,  # a loadable consolidated model at the end
-            "gradient_accumulation_steps": recipe.training.grad_accum,
-            "gradient_clipping": recipe.training.max_grad_norm,
-        }  # fmt: skip
+        config["deepspeed_config"] = (
+            {"deepspeed_config_file": ds.config_file}
+            if ds.config_file
+            else {
+                "zero_stage": ds.zero_stage,
+                "offload_optimizer_device": "cpu" if ds.offload_optimizer else "none",
+                "offload_param_device": "cpu" if ds.offload_params else "none",
+                "zero3_init_flag": ds.zero_stage == 3,
+                "zero3_save_16bit_model": ds.zero_stage == 3,  # a loadable consolidated model at the end
+                "gradient_accumulation_steps": recipe.training.grad_accum,
+                "gradient_clipping": recipe.training.max_grad_norm,
+            }
+        )
     elif launch.strategy == "fsdp":
         fsdp = launch.fsdp
         config["fsdp_config"] = {
@@ -111,8 +121,12 @@ def accelerate_config(recipe: Recipe, precision: str) -> dict:
     return config
 
 
-def launch_command(command: str, run_dir: Path, recipe_file: Path, config_path: Path, resume: bool) -> list[str]:
-    worker = ["-m", "ftcli.worker", command, str(run_dir), str(recipe_file)] + (["--resume"] if resume else [])
+def launch_command(
+    command: str, run_dir: Path, recipe_file: Path, config_path: Path, resume: bool
+) -> list[str]:
+    worker = ["-m", "ftcli.worker", command, str(run_dir), str(recipe_file)] + (
+        ["--resume"] if resume else []
+    )
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_path), *worker]
 
 
@@ -121,8 +135,10 @@ def dry_run(recipe: Recipe, command: str, precision: str, resume: bool) -> dict:
     from ftcli.run_dir import RESOLVED, run_dir_of
 
     out = run_dir_of(recipe)
-    return {"config": accelerate_config(recipe, precision),
-            "command": launch_command(command, out, out / RESOLVED, out / CONFIG_NAME, resume)}  # fmt: skip
+    return {
+        "config": accelerate_config(recipe, precision),
+        "command": launch_command(command, out, out / RESOLVED, out / CONFIG_NAME, resume),
+    }
 
 
 def run_workers(recipe: Recipe, command: str, precision: str, overwrite: bool, resume: bool) -> dict:
@@ -160,8 +176,15 @@ def _wait_for_workers(cmd: list[str], out: Path) -> dict:
     from ftcli import report
 
     # Workers' stdout goes to our stderr: stdout is for this command's result only.
-    proc = subprocess.Popen(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True, bufsize=1,
-                            env={**os.environ, WORKER_ENV: "1"}, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd,
+        stdout=sys.stderr,
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+        env={**os.environ, WORKER_ENV: "1"},
+        start_new_session=True,
+    )
     stopped = []
 
     def stop(signum, _frame):
@@ -185,11 +208,21 @@ def _wait_for_workers(cmd: list[str], out: Path) -> dict:
     if stopped:
         _settle(out, "interrupted", exit_code=128 + stopped[0])
         raise WorkerFailed("stopped by SIGTERM; every worker was stopped", 128 + stopped[0])
-    summary = _settle(out, "crashed", error=f"the workers exited with code {code} before recording a result",
-                      exit_code=code or 1) if code != 0 else _read_summary(out)  # fmt: skip
+    summary = (
+        _settle(
+            out,
+            "crashed",
+            error=f"the workers exited with code {code} before recording a result",
+            exit_code=code or 1,
+        )
+        if code != 0
+        else _read_summary(out)
+    )
     if code != 0 and summary.get("status") == "completed":  # the main worker finished and wrote everything
-        report.console.print(f"[yellow]warning: a worker exited with code {code} after the run completed; "
-                             "the outputs are complete[/]")  # fmt: skip
+        report.console.print(
+            f"[yellow]warning: a worker exited with code {code} after the run completed; "
+            "the outputs are complete[/]"
+        )
         return summary
     if code != 0:
         error = summary.get("error") or "see the worker messages above"

@@ -26,7 +26,9 @@ class RecipeError(UserError):
 class DataError(UserError):
     """A dataset problem, located by file, row (1-based) and field."""
 
-    def __init__(self, message: str, file: str | None = None, row: int | None = None, field: str | None = None):
+    def __init__(
+        self, message: str, file: str | None = None, row: int | None = None, field: str | None = None
+    ):
         self.message, self.file, self.row, self.field = message, file, row, field
         super().__init__(str(self))
 
@@ -41,14 +43,25 @@ class DataError(UserError):
 
 # An OSError with one of these numbers is about the user's files or machine, not a bug: reported like a user error.
 ENVIRONMENT_ERRNOS = {
-    errno.ENOSPC: ("the disk is full", "free space (or point output.dir / FTCLI_CACHE elsewhere) and run again; "
-                   "--resume continues a run"),
+    errno.ENOSPC: (
+        "the disk is full",
+        "free space (or point output.dir / FTCLI_CACHE elsewhere) and run again; --resume continues a run",
+    ),
     errno.EDQUOT: ("the disk quota is exceeded", "free space and run again; --resume continues a run"),
     errno.ENAMETOOLONG: ("the file name is too long", "shorten the path"),
-    errno.EROFS: ("the file system is read-only", "point output.dir, data.cache_dir or FTCLI_CACHE elsewhere"),
-    errno.EACCES: ("permission denied", "point output.dir, data.cache_dir or FTCLI_CACHE at a folder you can write"),
-    errno.EPERM: ("permission denied", "point output.dir, data.cache_dir or FTCLI_CACHE at a folder you can write"),
-}  # fmt: skip
+    errno.EROFS: (
+        "the file system is read-only",
+        "point output.dir, data.cache_dir or FTCLI_CACHE elsewhere",
+    ),
+    errno.EACCES: (
+        "permission denied",
+        "point output.dir, data.cache_dir or FTCLI_CACHE at a folder you can write",
+    ),
+    errno.EPERM: (
+        "permission denied",
+        "point output.dir, data.cache_dir or FTCLI_CACHE at a folder you can write",
+    ),
+}
 
 
 def environment_error(exc: BaseException) -> str | None:

@@ -1,16 +1,17 @@
 """Where a command runs: in this process, or in accelerate-launched workers (ftcli.dispatch) when the recipe asks
-for more than one. Each task is one module of ftcli.tasks named after it."""
+for more than one. The task's spec (recipe/registry.py) names the function that trains it."""
 
 from __future__ import annotations
 
 from ftcli.errors import RecipeError, UserError
 from ftcli.models.compat import check_method_fits_model
-from ftcli.recipe.schema import TASK_COMMAND, Recipe
+from ftcli.recipe.registry import TASKS, load
+from ftcli.recipe.schema import Recipe
 
 
 def check_command(command: str, recipe: Recipe) -> None:
     """A command refuses a task it cannot run, and says which command can."""
-    wanted = TASK_COMMAND[recipe.task]
+    wanted = TASKS[recipe.task].command
     if command in ("train", "align") and wanted != command:
         raise UserError(f"task {recipe.task} is run by `ftcli {wanted}`, not `ftcli {command}`")
     check_runnable(recipe)
@@ -18,19 +19,17 @@ def check_command(command: str, recipe: Recipe) -> None:
 
 def check_runnable(recipe: Recipe) -> None:
     """Refusals that need no model loaded (also run by `ftcli validate`)."""
-    if recipe.task in ("orpo", "simpo"):
-        raise UserError(
-            f"task {recipe.task}: the installed TRL offers ORPO and SimPO (CPO) only in trl.experimental, whose "
-            "trainers tokenize raw text themselves and whose API may change in any release; ftcli does not wire "
-            "them yet. Use task: dpo (e.g. align.loss_type: ipo or robust) or task: kto"
-        )
     check_method_fits_model(recipe)
     _check_reporters(recipe)
 
 
 # training.report_to -> the packages its integration imports (any one will do)
-REPORTER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",),
-                     "trackio": ("trackio",)}  # fmt: skip
+REPORTER_PACKAGES = {
+    "tensorboard": ("tensorboard", "tensorboardX"),
+    "wandb": ("wandb",),
+    "mlflow": ("mlflow",),
+    "trackio": ("trackio",),
+}
 
 
 def _check_reporters(recipe: Recipe) -> None:
@@ -40,18 +39,23 @@ def _check_reporters(recipe: Recipe) -> None:
     for name in recipe.training.report_to:
         packages = REPORTER_PACKAGES.get(name, ())
         if packages and not any(find_spec(p) for p in packages):
-            raise RecipeError(f"{name} is not installed; pip install {packages[0]}, or remove it", key="training.report_to")
+            raise RecipeError(
+                f"{name} is not installed; pip install {packages[0]}, or remove it", key="training.report_to"
+            )
 
 
-def run(command: str, recipe: Recipe, overwrite: bool, resume: bool, launcher: str = "auto",
-        dry_run: bool = False) -> dict:  # fmt: skip
+def run(
+    command: str, recipe: Recipe, overwrite: bool, resume: bool, launcher: str = "auto", dry_run: bool = False
+) -> dict:
     """`ftcli train` / `ftcli align`: in this process, or through accelerate-launched workers (ftcli.dispatch)
-    when the recipe asks for more than one; the task's module (ftcli.tasks.<task>) does the training."""
+    when the recipe asks for more than one; the function the task's spec names does the training."""
     check_command(command, recipe)
     from ftcli import dispatch
     from ftcli.models.hardware import check_hardware, device_of, precision
 
     check_hardware(recipe)  # before any run dir is created or worker started
+    if TASKS[recipe.task].check:
+        load(TASKS[recipe.task].check)(recipe)
 
     workers = launcher == "accelerate" or (launcher == "auto" and dispatch.wants_workers(recipe))
     if workers and not dispatch.in_worker():
@@ -59,12 +63,13 @@ def run(command: str, recipe: Recipe, overwrite: bool, resume: bool, launcher: s
             return dispatch.dry_run(recipe, command, precision(recipe), resume)
         return dispatch.run_workers(recipe, command, precision(recipe), overwrite, resume)
     if dry_run:
-        return {"config": None, "command": f"in-process: ftcli {command} (one process on the {device_of(recipe)}"
-                f"{_why_one_process(recipe, launcher)})"}
-    import importlib
-
-    module = importlib.import_module(f"ftcli.tasks.{'sft' if recipe.task == 'pretrain' else recipe.task}")
-    return module.run(recipe, overwrite=overwrite, resume=resume)
+        return {
+            "config": None,
+            "command": f"in-process: ftcli {command} (one process on the {device_of(recipe)}"
+            f"{_why_one_process(recipe, launcher)})",
+        }
+    train = load(TASKS[recipe.task].trainer)  # e.g. ftcli.tasks.dpo:run
+    return train(recipe, overwrite=overwrite, resume=resume)
 
 
 def run_prepare(recipe: Recipe) -> dict:

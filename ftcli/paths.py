@@ -20,10 +20,13 @@ def writable_dir(path: Path, setting: str = "FTCLI_CACHE") -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
-        raise UserError(f"{setting}: {blocker} is a file, not a folder; point {setting} at a folder") from None
+        raise UserError(
+            f"{setting}: {blocker} is a file, not a folder; point {setting} at a folder"
+        ) from None
     except OSError as exc:
-        raise UserError(f"{setting}: cannot create {path} ({exc.strerror}); point {setting} at a folder you can "
-                        "write to") from None  # fmt: skip
+        raise UserError(
+            f"{setting}: cannot create {path} ({exc.strerror}); point {setting} at a folder you can write to"
+        ) from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise UserError(f"{setting}: {path} is not writable; point {setting} at a folder you can write to")
     return path

@@ -12,7 +12,8 @@ MASK = "***"
 # A name is secret-looking when one of its _-separated words says so: HF_TOKEN, hub_token, OPENAI_API_KEY,
 # DB_PASSWORD; not MAX_TOKENS or TOKENIZER_NAME.
 SECRET_NAME = re.compile(
-    r"(?:^|_)(?:TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|(?:API|ACCESS|PRIVATE|SECRET)_?KEY)(?:_|$)", re.IGNORECASE
+    r"(?:^|_)(?:TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|(?:API|ACCESS|PRIVATE|SECRET)_?KEY)(?:_|$)",
+    re.IGNORECASE,
 )
 TOKEN_LITERAL = re.compile(
     r"\b(?:hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}"

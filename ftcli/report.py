@@ -46,9 +46,15 @@ def print_prepare_stats(stats: dict, cache_dir: str, cache_hit: bool) -> None:
         table.add_column(col, justify="left" if col in ("source", "split") else "right")
     for s in stats["sources"]:
         table.add_row(
-            Path(s["path"]).name, s["split"], str(s["rows_read"]), str(s["kept"]), str(s["truncated"]),
-            str(s["split_long"]), str(s["dropped_overlong"] + s["dropped_no_labels"]), str(s["bad_skipped"]),
-        )  # fmt: skip
+            Path(s["path"]).name,
+            s["split"],
+            str(s["rows_read"]),
+            str(s["kept"]),
+            str(s["truncated"]),
+            str(s["split_long"]),
+            str(s["dropped_overlong"] + s["dropped_no_labels"]),
+            str(s["bad_skipped"]),
+        )
     console.print(table)
     for split in ("train", "eval"):
         if split in stats:
@@ -159,12 +165,20 @@ def make_callback(run_dir: Path, collator=None):
             if not state.is_world_process_zero:
                 return
             self.progress = Progress(
-                TextColumn("[bold]train[/]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                console=console, transient=False, disable=not console.is_terminal,
-            )  # fmt: skip
+                TextColumn("[bold]train[/]"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=console,
+                transient=False,
+                disable=not console.is_terminal,
+            )
             self.progress.start()
-            self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, info="")
+            self.task = self.progress.add_task(
+                "train", total=state.max_steps, completed=state.global_step, info=""
+            )
             self.last_step_at = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
@@ -181,7 +195,9 @@ def make_callback(run_dir: Path, collator=None):
             row = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), **_clean(logs)}
             if "eval_loss" in row:
                 row["eval_perplexity"] = perplexity(row["eval_loss"])
-                self.best_eval = row["eval_loss"] if self.best_eval is None else min(self.best_eval, row["eval_loss"])
+                self.best_eval = (
+                    row["eval_loss"] if self.best_eval is None else min(self.best_eval, row["eval_loss"])
+                )
             self.last.update(row)
             with self.metrics_file.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
@@ -228,9 +244,20 @@ def print_eval(rows: list[tuple[str, str, float, float | None]], file=None) -> N
     """`ftcli eval`'s result: one row per task and metric, the base beside the fine-tune when compared."""
     compared = any(base is not None for *_, base in rows)
     table = Table(title="lm-evaluation-harness", title_justify="left")
-    for col in ("task", "metric", "fine-tune" if compared else "score", *(("base", "change") if compared else ())):
+    for col in (
+        "task",
+        "metric",
+        "fine-tune" if compared else "score",
+        *(("base", "change") if compared else ()),
+    ):
         table.add_column(col, justify="left" if col in ("task", "metric") else "right")
     for task, metric, value, base in rows:
-        extra = (f"{base:.4f}", f"{value - base:+.4f}") if compared and base is not None else ("", "") if compared else ()
+        extra = (
+            (f"{base:.4f}", f"{value - base:+.4f}")
+            if compared and base is not None
+            else ("", "")
+            if compared
+            else ()
+        )
         table.add_row(task, metric, f"{value:.4f}", *extra)
     Console(file=file, highlight=False).print(table)

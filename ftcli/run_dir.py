@@ -21,6 +21,7 @@ import yaml
 
 from ftcli import __version__, redact
 from ftcli.errors import UserError
+from ftcli.recipe.registry import METHODS
 from ftcli.recipe.schema import Recipe
 
 RESOLVED = "recipe.resolved.yaml"
@@ -32,21 +33,47 @@ STAGING_GLOB = ".checkpoint-*.tmp"
 FINAL_STAGING = ".saving"  # the final outputs, written here and moved into place once whole
 # Everything ftcli (or a library it runs) writes into a run dir; anything else is the user's.
 RUN_ENTRIES = (
-    RESOLVED, MARKER, LOCK, FINAL_STAGING, STAGING_GLOB, "checkpoint-*", "summary.json", "summary.json.tmp",
-    "metrics.jsonl", "loss.png", "eval.json", "eval.json.*", "accelerate_config.yaml", "merged", "runs",
-    "adapter_config.json", "adapter_model.safetensors", "config.json", "generation_config.json", "model.safetensors",
-    "model-*-of-*.safetensors", "model.safetensors.index.json", "training_args.bin", "README.md", "git_config.json",
-    "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-    "added_tokens.json", "tokenizer.model", "vocab.json", "vocab.txt", "merges.txt", "chat_template.jinja",
+    RESOLVED,
+    MARKER,
+    LOCK,
+    FINAL_STAGING,
+    STAGING_GLOB,
+    "checkpoint-*",
+    "summary.json",
+    "summary.json.tmp",
+    "metrics.jsonl",
+    "loss.png",
+    "eval.json",
+    "eval.json.*",
+    "accelerate_config.yaml",
+    "merged",
+    "runs",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+    "training_args.bin",
+    "README.md",
+    "git_config.json",
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.jinja",
     "chat_template.json",
-)  # fmt: skip
+)
 
 
 def run_dir_of(recipe: Recipe) -> Path:
-    if recipe.output.dir:
-        return Path(recipe.output.dir)
-    stem = Path(recipe._source).stem if recipe._source else "run"
-    return Path("runs") / stem
+    return Path(recipe.output.dir or "runs/run")  # resolved to runs/<recipe file name> when the recipe loaded
 
 
 class RunLock:
@@ -64,8 +91,10 @@ class RunLock:
             holder = os.read(self.fd, 200).decode(errors="replace").strip() or "another process"
             os.close(self.fd)
             if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise UserError(f"output dir {out} is in use by a running ftcli ({holder}); wait for it to finish "
-                                "or stop it, or set output.dir") from None  # fmt: skip
+                raise UserError(
+                    f"output dir {out} is in use by a running ftcli ({holder}); wait for it to finish "
+                    "or stop it, or set output.dir"
+                ) from None
             raise
         os.ftruncate(self.fd, 0)
         os.write(self.fd, f"PID {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
@@ -86,12 +115,16 @@ def open_run_dir(recipe: Recipe, overwrite: bool, resume: bool) -> tuple[Path, R
         raise UserError(f"output.dir {out} is a file; point output.dir at a directory")
     holder = lock_holder(out) if out.is_dir() else None
     if holder:
-        raise UserError(f"output dir {out} is in use by a running ftcli ({holder}); wait for it to finish or stop it, "
-                        "or set output.dir")  # fmt: skip
+        raise UserError(
+            f"output dir {out} is in use by a running ftcli ({holder}); wait for it to finish or stop it, "
+            "or set output.dir"
+        )
     busy = out.exists() and any(p.name != LOCK for p in out.iterdir())
     if resume:
         if not busy or newest_checkpoint(out) is None:
-            raise UserError(f"--resume: no complete checkpoint in {out}; set training.save_steps and run without it")
+            raise UserError(
+                f"--resume: no complete checkpoint in {out}; set training.save_steps and run without it"
+            )
         lock = RunLock(out)
         try:
             check_resumable(recipe, out)
@@ -100,8 +133,10 @@ def open_run_dir(recipe: Recipe, overwrite: bool, resume: bool) -> tuple[Path, R
             raise
         return out, lock
     if busy and not overwrite:
-        raise UserError(f"output dir {out} is not empty; pass --overwrite to replace it, --resume to continue it, "
-                        "or set output.dir")  # fmt: skip
+        raise UserError(
+            f"output dir {out} is not empty; pass --overwrite to replace it, --resume to continue it, "
+            "or set output.dir"
+        )
     if busy:
         check_replaceable(recipe, out)
     existing = next(p for p in (out, *out.resolve().parents) if p.exists())  # checked before anything is made
@@ -117,7 +152,9 @@ def open_run_dir(recipe: Recipe, overwrite: bool, resume: bool) -> tuple[Path, R
         for entry in out.iterdir():
             if entry.name != LOCK:
                 shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-    (out / MARKER).write_text(json.dumps({"ftcli": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+    (out / MARKER).write_text(
+        json.dumps({"ftcli": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n"
+    )
     return out, lock
 
 
@@ -145,25 +182,37 @@ def check_replaceable(recipe: Recipe, out: Path) -> None:
     for label, path in [("the working directory", Path.cwd()), *local_inputs(recipe)]:
         target = Path(path).resolve()
         if target == here or here in target.parents:
-            raise UserError(f"--overwrite: {out} holds {label} ({path}); it is never deleted. Set output.dir to a "
-                            "folder of its own")  # fmt: skip
+            raise UserError(
+                f"--overwrite: {out} holds {label} ({path}); it is never deleted. Set output.dir to a "
+                "folder of its own"
+            )
     if not (out / MARKER).exists():
-        raise UserError(f"--overwrite: {out} is not a run dir ftcli made (no {MARKER} marker), so it is not deleted; "
-                        "empty it yourself or set output.dir")  # fmt: skip
-    foreign = sorted(p.name for p in out.iterdir() if not any(fnmatch.fnmatch(p.name, g) for g in RUN_ENTRIES))
+        raise UserError(
+            f"--overwrite: {out} is not a run dir ftcli made (no {MARKER} marker), so it is not deleted; "
+            "empty it yourself or set output.dir"
+        )
+    foreign = sorted(
+        p.name for p in out.iterdir() if not any(fnmatch.fnmatch(p.name, g) for g in RUN_ENTRIES)
+    )
     if foreign:
-        raise UserError(f"--overwrite: {out} also holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, "
-                        "which ftcli did not write; move it out, or set output.dir")  # fmt: skip
+        raise UserError(
+            f"--overwrite: {out} also holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, "
+            "which ftcli did not write; move it out, or set output.dir"
+        )
 
 
 def local_inputs(recipe: Recipe) -> list[tuple[str, str]]:
     """(what, path) of every local file or folder the recipe reads."""
     found = [("the recipe", recipe._source)] if recipe._source else []
-    found += [("model.name", recipe.model.name), ("model.adapter", recipe.model.adapter),
-              ("align.ref_model", recipe.align.ref_model), ("infer.input", recipe.infer.input),
-              ("launch.config_file", recipe.launch.config_file),
-              ("launch.deepspeed.config_file", recipe.launch.deepspeed.config_file),
-              ("data.cache_dir", recipe.data.cache_dir)]  # fmt: skip
+    found += [
+        ("model.name", recipe.model.name),
+        ("model.adapter", recipe.model.adapter),
+        ("align.ref_model", recipe.align.ref_model),
+        ("infer.input", recipe.infer.input),
+        ("launch.config_file", recipe.launch.config_file),
+        ("launch.deepspeed.config_file", recipe.launch.deepspeed.config_file),
+        ("data.cache_dir", recipe.data.cache_dir),
+    ]
     if recipe.multimodal is not None:
         found.append(("multimodal.vision_model", recipe.multimodal.vision_model))
     for group in ("sources", "eval_sources"):
@@ -175,11 +224,26 @@ def local_inputs(recipe: Recipe) -> list[tuple[str, str]]:
 # What --resume may change: how long and how visibly to go on. The rest (model, method, data, seeds, batch shape,
 # optimizer and schedule) is restored from the checkpoint or shapes it, so a change there would be ignored or break.
 RESUMABLE_CHANGES = (
-    "description", "infer", "output.dir", "output.merge", "launch.device", "data.cache_dir", "data.num_proc", "training.epochs",
-    "training.max_steps", "training.logging_steps", "training.eval_steps", "training.save_steps",
-    "training.save_total_limit", "training.report_to", "training.gradient_checkpointing", "launch.main_process_ip",
-    "launch.main_process_port", "launch.machine_rank", "launch.config_file",
-)  # fmt: skip
+    "description",
+    "infer",
+    "output.dir",
+    "output.merge",
+    "launch.device",
+    "data.cache_dir",
+    "data.num_proc",
+    "training.epochs",
+    "training.max_steps",
+    "training.logging_steps",
+    "training.eval_steps",
+    "training.save_steps",
+    "training.save_total_limit",
+    "training.report_to",
+    "training.gradient_checkpointing",
+    "launch.main_process_ip",
+    "launch.main_process_port",
+    "launch.machine_rank",
+    "launch.config_file",
+)
 
 
 def check_resumable(recipe: Recipe, out: Path) -> None:
@@ -188,14 +252,20 @@ def check_resumable(recipe: Recipe, out: Path) -> None:
     from ftcli.recipe import load_recipe
 
     frozen = load_recipe(out / RESOLVED)
-    changed = [(key, old, new) for key, old, new in _differences(frozen.model_dump(mode="json"),
-                                                                   recipe.model_dump(mode="json"))
-               if not any(key == k or key.startswith(k + ".") for k in RESUMABLE_CHANGES)]  # fmt: skip
+    changed = [
+        (key, old, new)
+        for key, old, new in _differences(frozen.model_dump(mode="json"), recipe.model_dump(mode="json"))
+        if not any(key == k or key.startswith(k + ".") for k in RESUMABLE_CHANGES)
+    ]
     if changed:
-        shown = "; ".join(f"{k} ({redact.mask(json.dumps(a))} -> {redact.mask(json.dumps(b))})" for k, a, b in changed[:4])
+        shown = "; ".join(
+            f"{k} ({redact.mask(json.dumps(a))} -> {redact.mask(json.dumps(b))})" for k, a, b in changed[:4]
+        )
         more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
-        raise UserError(f"--resume: {out} was trained with another recipe: {shown}{more}. These cannot change "
-                        "mid-run; undo them, or start a new run (another output.dir)")  # fmt: skip
+        raise UserError(
+            f"--resume: {out} was trained with another recipe: {shown}{more}. These cannot change "
+            "mid-run; undo them, or start a new run (another output.dir)"
+        )
 
 
 def _differences(old, new, prefix: str = "") -> list[tuple[str, object, object]]:
@@ -216,11 +286,13 @@ def _check_free_space(recipe: Recipe, out: Path, existing: Path) -> None:
     if not source.is_dir():
         return  # a hub id: its size is not known before download
     weights = sum(f.stat().st_size for f in source.glob("*") if f.suffix in (".safetensors", ".bin"))
-    need = weights * (3 if recipe.method.type == "full" else 0.2)
+    need = weights * (3 if METHODS[recipe.method.type].trains_base else 0.2)
     free = shutil.disk_usage(existing).free
     if need > free:
-        raise UserError(f"output.dir {out}: a checkpoint needs about {need / 2**30:.1f} GiB and only "
-                        f"{free / 2**30:.1f} GiB is free; free space or point output.dir elsewhere")
+        raise UserError(
+            f"output.dir {out}: a checkpoint needs about {need / 2**30:.1f} GiB and only "
+            f"{free / 2**30:.1f} GiB is free; free space or point output.dir elsewhere"
+        )
 
 
 def staging_dir(out: Path, step: int) -> Path:
@@ -283,7 +355,9 @@ def publish(stage: Path, out: Path, saved: dict) -> dict:
             shutil.rmtree(target)
         os.replace(entry, target)
     stage.rmdir()
-    moved = lambda v: str(out / Path(v).relative_to(stage)) if isinstance(v, str) and Path(v).is_relative_to(stage) else v
+    moved = lambda v: (
+        str(out / Path(v).relative_to(stage)) if isinstance(v, str) and Path(v).is_relative_to(stage) else v
+    )
     return {key: moved(value) for key, value in saved.items()}
 
 

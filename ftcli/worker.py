@@ -36,8 +36,10 @@ def main(argv: list[str]) -> int:
         if os.environ.get("FTCLI_DEBUG") == "1":
             raise
         if not is_main_process():
-            print(redact.mask(f"[rank {os.environ.get('RANK')}] internal error: {type(exc).__name__}: {exc}"),
-                  file=sys.stderr)  # fmt: skip
+            print(
+                redact.mask(f"[rank {os.environ.get('RANK')}] internal error: {type(exc).__name__}: {exc}"),
+                file=sys.stderr,
+            )
         return 1
     return 0
 

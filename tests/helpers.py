@@ -14,9 +14,13 @@ def run_cli(*args, env=None, cwd=None, input=None, timeout=600):
     """Run ftcli in a fresh process: returns (exit code, stdout, stderr)."""
     proc = subprocess.run(
         [sys.executable, "-m", "ftcli", *map(str, args)],
-        capture_output=True, text=True, cwd=cwd, input=input, timeout=timeout,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        input=input,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
-    )  # fmt: skip
+    )
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -78,8 +82,11 @@ def reload_logits(run_dir: Path, kind: str, dest: Path):
     from ftcli.models.builtin import builtin_path
 
     base = builtin_path("builtin:tiny-llama")
-    subprocess.run([sys.executable, "-c", RELOAD_SCRIPT, str(run_dir), kind, str(base), PROBE, str(dest)],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-c", RELOAD_SCRIPT, str(run_dir), kind, str(base), PROBE, str(dest)],
+        check=True,
+        capture_output=True,
+    )
     return torch.load(dest)
 
 

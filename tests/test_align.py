@@ -29,7 +29,13 @@ def test_dpo_lora_learns_the_held_out_preference_and_reloads(tmp_path):
     assert summary["eval_accuracy"] >= 0.8 and summary["eval_margin"] > 0, summary
     assert summary["final_loss"] < 0.5 * summary["first_loss"]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "eval_rewards/accuracies"):
+    for key in (
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+        "eval_rewards/accuracies",
+    ):
         assert any(key in r for r in rows), key
     assert (out / "loss.png").stat().st_size > 0
     assert not (out / "ref").exists()  # TRL's frozen reference adapter is not part of the result
@@ -52,9 +58,16 @@ with torch.no_grad():
 
 
 def scores(model, tokenizer):
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of Peru?"},
-                                            {"role": "assistant", "content": f"The capital of Peru is {c}."}],
-                                           tokenize=False) for c in ("Lima", "Oslo")]  # fmt: skip
+    texts = [
+        tokenizer.apply_chat_template(
+            [
+                {"role": "user", "content": "What is the capital of Peru?"},
+                {"role": "assistant", "content": f"The capital of Peru is {c}."},
+            ],
+            tokenize=False,
+        )
+        for c in ("Lima", "Oslo")
+    ]
     model.eval()
     with torch.no_grad():
         return torch.cat([model(**tokenizer(t, return_tensors="pt")).logits[0] for t in texts])
@@ -72,16 +85,26 @@ def test_reward_model_ranks_held_out_pairs_and_reloads_with_the_same_scores(name
     assert fresh[0] > fresh[1]  # the right capital scores higher
 
 
-@pytest.mark.parametrize("name, overrides", [("dpo-full", []), ("dpo-qlora", []), ("reward-lora", ["method=qlora"]),
-                                             ("dpo-lora", ["method=prompt", "training.learning_rate=1e-2"]),
-                                             ("dpo-lora", ["align.precompute_ref_log_probs=true",
-                                                           "align.loss_type=ipo", "training.learning_rate=1e-3"])])
+@pytest.mark.parametrize(
+    "name, overrides",
+    [
+        ("dpo-full", []),
+        ("dpo-qlora", []),
+        ("reward-lora", ["method=qlora"]),
+        ("dpo-lora", ["method=prompt", "training.learning_rate=1e-2"]),
+        (
+            "dpo-lora",
+            ["align.precompute_ref_log_probs=true", "align.loss_type=ipo", "training.learning_rate=1e-3"],
+        ),
+    ],
+)
 def test_other_methods_improve_too(name, overrides, tmp_path):
     summary = align(name, tmp_path / "run", "output.merge=false", *overrides)
     assert summary["status"] == "completed"
     assert summary["eval_accuracy"] >= 0.8 and summary["eval_margin"] > 0, summary
 
 
+@pytest.mark.slow
 def test_kto_separates_desirable_from_undesirable(tmp_path):
     summary = align("kto-lora", tmp_path / "run")
     assert summary["final_eval"]["rewards/margins"] > 0.5
@@ -98,13 +121,11 @@ def test_sft_then_dpo_chain_uses_the_sft_model_as_reference(tmp_path):
     assert summary["status"] == "completed" and summary["eval_margin"] > 0
 
 
-def test_orpo_and_simpo_are_refused_with_the_reason(capsys):
-    assert call_main("align", SMOKE / "dpo-lora.yaml", "task=orpo") == 2
-    assert "trl.experimental" in capsys.readouterr().err
-
-
 def test_unknown_dpo_loss_names_the_key_and_the_choices(tmp_path, capsys):
-    assert call_main("align", SMOKE / "dpo-lora.yaml", "align.loss_type=dpoo", f"output.dir={tmp_path / 'r'}") == 2
+    assert (
+        call_main("align", SMOKE / "dpo-lora.yaml", "align.loss_type=dpoo", f"output.dir={tmp_path / 'r'}")
+        == 2
+    )
     err = capsys.readouterr().err
     assert "align.loss_type: 'dpoo' is not a DPO loss of the installed TRL" in err and "ipo" in err
 

@@ -12,8 +12,12 @@ from tests.helpers import ROOT
 
 @pytest.mark.slow
 def test_throughput_benchmark_quick_mode_runs_every_variant(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), "--quick", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "throughput.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "throughput-quick.json").read_text())
     assert set(report["results"]) == {"raw", "trl", "ftcli-full", "ftcli-lora"}
@@ -26,12 +30,23 @@ def test_throughput_benchmark_quick_mode_runs_every_variant(tmp_path):
 @pytest.mark.slow
 def test_gpu_check_smoke_mode_runs_every_stage(tmp_path):
     """bench/gpu_check.py is run by hand on a GPU machine; its --smoke mode runs the same stages tiny, anywhere."""
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--smoke", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--smoke", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "gpu-check-smoke.json").read_text())
-    assert set(results["throughput"]) == {"raw-amp", "raw-bf16", "raw-lora", "trl", "ftcli-full", "ftcli-lora",
-                                          "ftcli-qlora"}  # fmt: skip
+    assert set(results["throughput"]) == {
+        "raw-amp",
+        "raw-bf16",
+        "raw-lora",
+        "trl",
+        "ftcli-full",
+        "ftcli-lora",
+        "ftcli-qlora",
+    }
     for name, result in results["throughput"].items():
         assert result["tokens_per_s"] > 0 and result["steps"] > 0, (name, result)
     assert results["throughput"]["ftcli-qlora"]["ftcli"]["status"] == "completed"

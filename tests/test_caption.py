@@ -27,8 +27,10 @@ def git_model(family):
 
 
 def caption_recipe(tmp_path, *overrides):
-    return load_recipe(SMOKE / "caption-lora.yaml", [f"output.dir={tmp_path / 'run'}",
-                                                     f"data.cache_dir={tmp_path / 'cache'}", *overrides])  # fmt: skip
+    return load_recipe(
+        SMOKE / "caption-lora.yaml",
+        [f"output.dir={tmp_path / 'run'}", f"data.cache_dir={tmp_path / 'cache'}", *overrides],
+    )
 
 
 # --- the GIT attention pattern, per family ------------------------------------------------------------------
@@ -74,15 +76,21 @@ def test_mask_form_per_family_and_why_mpt_differs():
 
     assert [git_model(f).mask_form for f in FAMILIES] == ["additive", "additive", "blocked"]
     text = torch.tensor([[1, 1, 1, 0]])  # one padding position
-    additive, blocked = git_mask(2, text, "additive", torch.float32), git_mask(2, text, "blocked", torch.float32)
-    allowed = torch.tensor([
-        [1, 1, 0, 0, 0, 0],
-        [1, 1, 0, 0, 0, 0],
-        [1, 1, 1, 0, 0, 0],
-        [1, 1, 1, 1, 0, 0],
-        [1, 1, 1, 1, 1, 0],
-        [1, 1, 1, 1, 1, 0],  # the padding query still sees real keys; padding is never a key
-    ], dtype=torch.bool)  # fmt: skip
+    additive, blocked = (
+        git_mask(2, text, "additive", torch.float32),
+        git_mask(2, text, "blocked", torch.float32),
+    )
+    allowed = torch.tensor(
+        [
+            [1, 1, 0, 0, 0, 0],
+            [1, 1, 0, 0, 0, 0],
+            [1, 1, 1, 0, 0, 0],
+            [1, 1, 1, 1, 0, 0],
+            [1, 1, 1, 1, 1, 0],
+            [1, 1, 1, 1, 1, 0],  # the padding query still sees real keys; padding is never a key
+        ],
+        dtype=torch.bool,
+    )
     assert torch.equal(additive[0, 0] == 0, allowed)
     assert blocked.dtype == torch.bool and torch.equal(~blocked[0, 0], allowed)
     # MPT masks the True entries: handed sdpa's "True = attend" boolean instead, it would invert the pattern.
@@ -100,7 +108,9 @@ def test_mask_form_per_family_and_why_mpt_differs():
 def test_cached_generation_equals_step_by_step_greedy_decoding(family):
     model = git_model(family)
     pixels, prompt = torch.randn(1, 3, 32, 32), torch.randint(0, 250, (1, 3))
-    generated = model.generate(pixels, prompt, max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)
+    generated = model.generate(
+        pixels, prompt, max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None
+    )
     sequence = prompt
     with torch.no_grad():
         for _ in range(6):
@@ -128,12 +138,16 @@ def test_projection_and_lora_learn_the_colours_and_a_fresh_process_gives_the_sam
         model.eval()
         items = read_inputs([], None, images)
         processor = caption_processor(recipe)
-        in_process.extend(r["output"] for r in describe(model, tokenizer, processor, items, recipe.infer, None, recipe))
+        in_process.extend(
+            r["output"] for r in describe(model, tokenizer, processor, items, recipe.infer, None, recipe)
+        )
 
     summary = caption.run(recipe, overwrite=True, on_done=captions)
     assert summary["status"] == "completed"
     assert summary["final_eval_loss"] < 0.25 * summary["first_loss"], summary
-    right = sum(row["caption"].split()[1] == (out.split() + ["", ""])[1] for row, out in zip(eval_rows, in_process))
+    right = sum(
+        row["caption"].split()[1] == (out.split() + ["", ""])[1] for row, out in zip(eval_rows, in_process)
+    )
     assert right >= 0.8 * len(eval_rows), in_process
 
     code, out, err = run_cli("infer", tmp_path / "run", *sum((["--image", i] for i in images), []), "--json")
@@ -142,7 +156,10 @@ def test_projection_and_lora_learn_the_colours_and_a_fresh_process_gives_the_sam
     assert [r["output"] for r in fresh] == in_process
     assert [r["image"] for r in fresh] == images
     saved = json.loads((tmp_path / "run" / "git_config.json").read_text())
-    assert saved["vision_model"] == "builtin:tiny-clip" and set(saved["trained_parts"]) == {"projection", "adapters"}
+    assert saved["vision_model"] == "builtin:tiny-clip" and set(saved["trained_parts"]) == {
+        "projection",
+        "adapters",
+    }
 
 
 def caption_processor(recipe):
@@ -171,25 +188,34 @@ def trained_and_initial(tmp_path, *overrides):
     return initial, trained, trainable
 
 
-@pytest.mark.parametrize("method, keys, expect_changed", [
-    ("full", [], ("projection.",)),
-    ("full", ["lm_head"], ("projection.", "lm.lm_head.")),
-    ("full", ["vision."], ("projection.", "vision.")),
-    ("full", ["lm."], ("projection.", "lm.")),
-    ("lora", [], ("projection.", "lora_")),
-], ids=["projection", "head", "vit", "whole-lm", "lora"])  # fmt: skip
+@pytest.mark.parametrize(
+    "method, keys, expect_changed",
+    [
+        ("full", [], ("projection.",)),
+        ("full", ["lm_head"], ("projection.", "lm.lm_head.")),
+        ("full", ["vision."], ("projection.", "vision.")),
+        ("full", ["lm."], ("projection.", "lm.")),
+        ("lora", [], ("projection.", "lora_")),
+    ],
+    ids=["projection", "head", "vit", "whole-lm", "lora"],
+)
 def test_keys_to_finetune_trains_exactly_what_it_names(tmp_path, method, keys, expect_changed):
-    initial, trained, trainable = trained_and_initial(tmp_path, f"method.type={method}",
-                                                      f"multimodal.keys_to_finetune={json.dumps(keys)}")  # fmt: skip
+    initial, trained, trainable = trained_and_initial(
+        tmp_path, f"method.type={method}", f"multimodal.keys_to_finetune={json.dumps(keys)}"
+    )
     assert initial.keys() == trained.keys()
     named = lambda n: any((k in n) if k.endswith("_") else n.startswith(k) for k in expect_changed)
     assert trainable == {n for n in initial if named(n)}
     changed = {n for n in initial if not torch.equal(initial[n], trained[n])}
     assert changed <= trainable, f"frozen parameters changed: {sorted(changed - trainable)[:5]}"
     for prefix in expect_changed:  # each named part really trained (post_layernorm & co may get no gradient)
-        assert any(named(n) and (prefix in n if prefix.endswith("_") else n.startswith(prefix)) for n in changed)
+        assert any(
+            named(n) and (prefix in n if prefix.endswith("_") else n.startswith(prefix)) for n in changed
+        )
     assert len(changed) >= 0.8 * len(trainable)
-    if method == "lora":  # the frozen recipe rebuilds the same LoRA layout (q/k/v), so the run reloads exactly
+    if (
+        method == "lora"
+    ):  # the frozen recipe rebuilds the same LoRA layout (q/k/v), so the run reloads exactly
         from ftcli.models.multimodal import build_git
 
         frozen = load_recipe(tmp_path / "run" / "recipe.resolved.yaml")
@@ -201,8 +227,9 @@ def test_tied_head_of_opt_is_found_by_its_head_name_and_a_key_matching_nothing_i
     from ftcli.errors import RecipeError
     from ftcli.models.multimodal import build_git
 
-    recipe = caption_recipe(tmp_path, "model.name=builtin:tiny-opt", "method.type=full",
-                            'multimodal.keys_to_finetune=["lm_head"]')  # fmt: skip
+    recipe = caption_recipe(
+        tmp_path, "model.name=builtin:tiny-opt", "method.type=full", 'multimodal.keys_to_finetune=["lm_head"]'
+    )
     model, _ = build_git(recipe)
     assert model.lm.get_input_embeddings().weight.requires_grad  # tied: the head is the embedding matrix
     recipe = caption_recipe(tmp_path, "method.type=full", 'multimodal.keys_to_finetune=["q_lin"]')
@@ -211,18 +238,27 @@ def test_tied_head_of_opt_is_found_by_its_head_name_and_a_key_matching_nothing_i
     assert err.value.key == "multimodal.keys_to_finetune"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["opt", "mpt"])
 def test_opt_and_mpt_train_a_step_and_generate_from_the_cli(tmp_path, family):
     run = tmp_path / "run"
-    code, _, err = run_cli("train", SMOKE / "caption-lora.yaml", f"model.name=builtin:tiny-{family}",
-                           f"output.dir={run}", "training.max_steps=2", f"data.cache_dir={tmp_path / 'c'}")  # fmt: skip
+    code, _, err = run_cli(
+        "train",
+        SMOKE / "caption-lora.yaml",
+        f"model.name=builtin:tiny-{family}",
+        f"output.dir={run}",
+        "training.max_steps=2",
+        f"data.cache_dir={tmp_path / 'c'}",
+    )
     assert code == 0, err
-    code, out, err = run_cli("infer", run, "--image", SHAPES / "images/eval-000.png", "--max-new-tokens", "5",
-                             "--json")  # fmt: skip
+    code, out, err = run_cli(
+        "infer", run, "--image", SHAPES / "images/eval-000.png", "--max-new-tokens", "5", "--json"
+    )
     assert code == 0, err
     assert json.loads(out)["completion_tokens"] >= 1
 
 
+@pytest.mark.slow
 def test_qlora_caption_quantizes_only_the_lm_and_reloads_the_same(tmp_path):
     import bitsandbytes as bnb
 
@@ -248,19 +284,41 @@ def test_qlora_caption_quantizes_only_the_lm_and_reloads_the_same(tmp_path):
     assert out.strip() == seen["caption"].strip()
 
 
+@pytest.mark.slow
 def test_resume_loads_the_trained_tensors_and_matches_an_uninterrupted_run(tmp_path):
     from safetensors.torch import load_file
 
-    common = ["training.lr_scheduler=constant", "training.warmup_steps=0", "training.save_steps=3",
-              f"data.cache_dir={tmp_path / 'c'}", "data.eval_sources=[]"]  # fmt: skip
+    common = [
+        "training.lr_scheduler=constant",
+        "training.warmup_steps=0",
+        "training.save_steps=3",
+        f"data.cache_dir={tmp_path / 'c'}",
+        "data.eval_sources=[]",
+    ]
     straight, parted = tmp_path / "straight", tmp_path / "parted"
-    assert run_cli("train", SMOKE / "caption-lora.yaml", *common, "training.max_steps=6", f"output.dir={straight}")[0] == 0
-    assert run_cli("train", SMOKE / "caption-lora.yaml", *common, "training.max_steps=3", f"output.dir={parted}")[0] == 0
+    assert (
+        run_cli(
+            "train", SMOKE / "caption-lora.yaml", *common, "training.max_steps=6", f"output.dir={straight}"
+        )[0]
+        == 0
+    )
+    assert (
+        run_cli(
+            "train", SMOKE / "caption-lora.yaml", *common, "training.max_steps=3", f"output.dir={parted}"
+        )[0]
+        == 0
+    )
     checkpoint = sorted(p.name for p in parted.iterdir() if p.name.startswith("checkpoint-"))
     assert checkpoint == ["checkpoint-3"]
     assert (parted / "checkpoint-3" / "model.safetensors").stat().st_size < 200_000  # trained tensors only
-    code, _, err = run_cli("train", SMOKE / "caption-lora.yaml", *common, "training.max_steps=6",
-                           f"output.dir={parted}", "--resume")  # fmt: skip
+    code, _, err = run_cli(
+        "train",
+        SMOKE / "caption-lora.yaml",
+        *common,
+        "training.max_steps=6",
+        f"output.dir={parted}",
+        "--resume",
+    )
     assert code == 0, err
     a, b = load_file(straight / "model.safetensors"), load_file(parted / "model.safetensors")
     assert a.keys() == b.keys()
@@ -275,8 +333,14 @@ def prepared(tmp_path, sources, fmt="caption", extra=None, tokenizer_name="built
     from ftcli.data.prepare import prepare_data
     from ftcli.models.load import load_tokenizer
 
-    recipe = caption_recipe(tmp_path, f"model.name={tokenizer_name}", f"data.format={fmt}",
-                            f"data.sources={json.dumps(sources)}", "data.eval_sources=[]", *(extra or []))  # fmt: skip
+    recipe = caption_recipe(
+        tmp_path,
+        f"model.name={tokenizer_name}",
+        f"data.format={fmt}",
+        f"data.sources={json.dumps(sources)}",
+        "data.eval_sources=[]",
+        *(extra or []),
+    )
     tokenizer = load_tokenizer(recipe.model)
     return prepare_data(recipe, tokenizer), tokenizer
 
@@ -284,14 +348,18 @@ def prepared(tmp_path, sources, fmt="caption", extra=None, tokenizer_name="built
 def test_coco_layout_joins_captions_to_images(tmp_path):
     data, tokenizer = prepared(tmp_path, [str(SHAPES / "captions_coco.json")])
     assert len(data.train) == 300  # two captions for each of 150 images
-    texts = {tokenizer.decode([t for t in row["labels"] if t >= 0], skip_special_tokens=True)
-             for row in data.train.select(range(20))}  # fmt: skip
+    texts = {
+        tokenizer.decode([t for t in row["labels"] if t >= 0], skip_special_tokens=True)
+        for row in data.train.select(range(20))
+    }
     assert any(" in " in t for t in texts) and any(t.startswith("a ") for t in texts)
     assert all(path.startswith(str(SHAPES / "images")) for path in data.train["image"])
 
 
 def test_caption_rows_start_with_the_begin_token_and_learn_only_the_caption(tmp_path):
-    data, tokenizer = prepared(tmp_path, [str(SHAPES / "train.jsonl")], extra=["multimodal.caption_prompt=A photo of"])
+    data, tokenizer = prepared(
+        tmp_path, [str(SHAPES / "train.jsonl")], extra=["multimodal.caption_prompt=A photo of"]
+    )
     row = data.train[0]
     assert row["input_ids"][0] == tokenizer.eos_token_id  # the byte tokenizer has no BOS: EOS begins
     prompt = tokenizer("A photo of")["input_ids"]
@@ -302,9 +370,11 @@ def test_caption_rows_start_with_the_begin_token_and_learn_only_the_caption(tmp_
 
 
 def test_instruction_and_llava_rows_and_a_mix_with_captions(tmp_path):
-    sources = [{"path": str(SHAPES / "train.jsonl"), "format": "caption"},
-               {"path": str(SHAPES / "instructions.jsonl"), "format": "image_instruction", "weight": 0.5},
-               {"path": str(SHAPES / "llava.jsonl"), "format": "image_chat", "max_samples": 10}]  # fmt: skip
+    sources = [
+        {"path": str(SHAPES / "train.jsonl"), "format": "caption"},
+        {"path": str(SHAPES / "instructions.jsonl"), "format": "image_instruction", "weight": 0.5},
+        {"path": str(SHAPES / "llava.jsonl"), "format": "image_chat", "max_samples": 10},
+    ]
     data, tokenizer = prepared(tmp_path, sources)
     assert len(data.train) == 150 + 75 + 10
     texts = [tokenizer.decode(row["input_ids"]) for row in data.train]
@@ -326,7 +396,9 @@ def test_image_paths_are_confined_to_their_folder_unless_allowed(tmp_path):
     with pytest.raises(DataError) as err:
         prepared(tmp_path, [str(tmp_path / "data" / "rows.jsonl")])
     assert "outside the image folder" in str(err.value) and err.value.row == 1
-    data, _ = prepared(tmp_path, [str(tmp_path / "data" / "rows.jsonl")], extra=["data.allow_images_outside=true"])
+    data, _ = prepared(
+        tmp_path, [str(tmp_path / "data" / "rows.jsonl")], extra=["data.allow_images_outside=true"]
+    )
     assert data.train["image"] == [str(outside)]
 
 
@@ -336,11 +408,17 @@ def test_missing_and_unreadable_images_are_named_by_file_and_row_or_skipped_and_
     (tmp_path / "broken.png").write_bytes(b"not a png")
     (tmp_path / "ok.png").write_bytes((SHAPES / "images/train-000.png").read_bytes())
     rows = tmp_path / "rows.jsonl"
-    rows.write_text("\n".join(json.dumps(r) for r in [
-        {"image": "ok.png", "caption": "a red circle"},
-        {"image": "missing.png", "caption": "a red circle"},
-        {"image": "broken.png", "caption": "a red circle"},
-    ]) + "\n")  # fmt: skip
+    rows.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"image": "ok.png", "caption": "a red circle"},
+                {"image": "missing.png", "caption": "a red circle"},
+                {"image": "broken.png", "caption": "a red circle"},
+            ]
+        )
+        + "\n"
+    )
     with pytest.raises(DataError) as err:
         prepared(tmp_path, [str(rows)])
     assert err.value.row == 2 and "missing.png: image file not found" in str(err.value)
@@ -355,22 +433,32 @@ def test_embedded_base64_images_as_in_m3it_train_like_files(tmp_path):
 
     rows = tmp_path / "m3it.jsonl"
     encoded = [base64.b64encode((SHAPES / f"images/train-00{i}.png").read_bytes()).decode() for i in range(3)]
-    rows.write_text("\n".join(json.dumps({"instruction": "What colour is it?", "inputs": "", "outputs": c,
-                                          "image_base64_str": [b64]})
-                              for c, b64 in zip(["red", "green", "blue"], encoded)) + "\n")  # fmt: skip
+    rows.write_text(
+        "\n".join(
+            json.dumps(
+                {"instruction": "What colour is it?", "inputs": "", "outputs": c, "image_base64_str": [b64]}
+            )
+            for c, b64 in zip(["red", "green", "blue"], encoded)
+        )
+        + "\n"
+    )
     columns = {"image": "image_base64_str", "input": "inputs", "output": "outputs"}
     data, tokenizer = prepared(tmp_path, [{"path": str(rows), "columns": columns}], fmt="image_instruction")
     assert len(data.train) == 3 and all(i.startswith("data:image;base64,") for i in data.train["image"])
-    batch = ImageCollator(tokenizer.pad_token_id, image_processor=caption_processor(caption_recipe(tmp_path)))(
-        [data.train[i] for i in range(3)])  # fmt: skip
+    batch = ImageCollator(
+        tokenizer.pad_token_id, image_processor=caption_processor(caption_recipe(tmp_path))
+    )([data.train[i] for i in range(3)])
     assert batch["pixel_values"].shape == (3, 3, 32, 32)
-    rows.write_text(json.dumps({"instruction": "q", "outputs": "a", "image_base64_str": ["QUJD" * 20]}) + "\n")
+    rows.write_text(
+        json.dumps({"instruction": "q", "outputs": "a", "image_base64_str": ["QUJD" * 20]}) + "\n"
+    )
     from ftcli.errors import DataError
 
     with pytest.raises(DataError, match="embedded image: not a readable image"):
         prepared(tmp_path, [{"path": str(rows), "columns": columns}], fmt="image_instruction")
 
 
+@pytest.mark.slow
 def test_two_worker_caption_run_reaches_the_one_process_weights(tmp_path):
     """DDP through accelerate-launched workers (gloo on CPU): the same global batch gives the same trained tensors."""
     from safetensors.torch import load_file
@@ -378,24 +466,43 @@ def test_two_worker_caption_run_reaches_the_one_process_weights(tmp_path):
     common = ["training.max_steps=4", "training.lr_scheduler=constant", f"data.cache_dir={tmp_path / 'c'}"]
     code, _, err = run_cli("train", SMOKE / "caption-lora.yaml", *common, f"output.dir={tmp_path / 'one'}")
     assert code == 0, err
-    code, _, err = run_cli("train", SMOKE / "caption-lora.yaml", *common, f"output.dir={tmp_path / 'two'}",
-                           "launch.num_processes=2", "training.batch_size=4")  # fmt: skip
+    code, _, err = run_cli(
+        "train",
+        SMOKE / "caption-lora.yaml",
+        *common,
+        f"output.dir={tmp_path / 'two'}",
+        "launch.num_processes=2",
+        "training.batch_size=4",
+    )
     assert code == 0, err
-    one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    one, two = (
+        load_file(tmp_path / "one" / "model.safetensors"),
+        load_file(tmp_path / "two" / "model.safetensors"),
+    )
     assert one.keys() == two.keys()
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_and_a_repetition_penalty_work_on_the_git_model(tmp_path):
     """Trainer 5 turns checkpointing on through activation_checkpointing_enable (real LMs get it from `auto`)."""
     from ftcli.tasks import caption
 
-    recipe = caption_recipe(tmp_path, "training.gradient_checkpointing=true", "training.max_steps=3",
-                            "data.eval_sources=[]")  # fmt: skip
+    recipe = caption_recipe(
+        tmp_path, "training.gradient_checkpointing=true", "training.max_steps=3", "data.eval_sources=[]"
+    )
     summary = caption.run(recipe, overwrite=True)
     assert summary["status"] == "completed" and summary["gradient_checkpointing"]["enabled"] is True
-    code, out, err = run_cli("infer", tmp_path / "run", "--image", SHAPES / "images/eval-000.png",
-                             "--max-new-tokens", "6", "--json", "infer.repetition_penalty=1.3")  # fmt: skip
+    code, out, err = run_cli(
+        "infer",
+        tmp_path / "run",
+        "--image",
+        SHAPES / "images/eval-000.png",
+        "--max-new-tokens",
+        "6",
+        "--json",
+        "infer.repetition_penalty=1.3",
+    )
     assert code == 0, err
     assert json.loads(out)["completion_tokens"] >= 1

@@ -43,7 +43,9 @@ def test_validate_prints_the_resolved_recipe(capsys):
 
 
 def test_recipe_error_exits_2_with_one_line_and_no_traceback(tmp_path):
-    path = write_recipe(tmp_path / "r.yaml", "model:\n  name: builtin:tiny-llama\n  nmae: x\ndata:\n  sources: [a]\n")
+    path = write_recipe(
+        tmp_path / "r.yaml", "model:\n  name: builtin:tiny-llama\n  nmae: x\ndata:\n  sources: [a]\n"
+    )
     code, out, err = run_cli("validate", path)
     assert code == 2 and out == ""
     assert err.strip() == f"error: {path}:3 model.nmae: unknown key; did you mean name?"
@@ -85,20 +87,29 @@ def test_validate_refuses_prefix_tuning_on_a_model_without_kv_cache(tmp_path, ca
     model = tmp_path / "mamba"
     model.mkdir()
     (model / "config.json").write_text('{"model_type": "mamba"}')
-    recipe = write_recipe(tmp_path / "r.yaml", f"extends: {RECIPES / 'smoke' / 'sft-prefix.yaml'}\n"
-                                               f"model:\n  name: {model}\n")  # fmt: skip
+    recipe = write_recipe(
+        tmp_path / "r.yaml", f"extends: {RECIPES / 'smoke' / 'sft-prefix.yaml'}\nmodel:\n  name: {model}\n"
+    )
     assert call_main("validate", recipe) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "method.type: prefix tuning needs a key/value cache" in err
     assert f"{RECIPES / 'smoke' / 'sft-prefix.yaml'}:" in err  # where method.type was written
-    assert call_main("validate", RECIPES / "smoke" / "sft-prefix.yaml", "training.gradient_checkpointing=true") == 2
+    assert (
+        call_main("validate", RECIPES / "smoke" / "sft-prefix.yaml", "training.gradient_checkpointing=true")
+        == 2
+    )
     assert "training.gradient_checkpointing: peft's prefix tuning" in capsys.readouterr().err
 
 
 def test_errors_found_while_running_still_name_the_yaml_line(tmp_path, capsys):
-    recipe = write_recipe(tmp_path / "r.yaml", f"extends: {RECIPES / 'smoke' / 'sft-lora.yaml'}\n"
-                                               "training:\n  optimizer: paged_adamw_8bit\n"
-                                               f"output:\n  dir: {tmp_path / 'run'}\n")  # fmt: skip
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        f"extends: {RECIPES / 'smoke' / 'sft-lora.yaml'}\n"
+        "training:\n  optimizer: paged_adamw_8bit\n"
+        f"output:\n  dir: {tmp_path / 'run'}\n",
+    )
     assert call_main("train", recipe) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith(f"error: {recipe}:3 training.optimizer: paged_adamw_8bit is a bitsandbytes CUDA optimizer")
+    assert err.startswith(
+        f"error: {recipe}:3 training.optimizer: paged_adamw_8bit is a bitsandbytes CUDA optimizer"
+    )

@@ -19,7 +19,9 @@ def tok():
     return load_tokenizer(ModelSpec(name="builtin:tiny-llama"))
 
 
-def encode(tok, fmt, row, columns=None, template=None, train_on="completion", max_length=512, overlong="truncate"):
+def encode(
+    tok, fmt, row, columns=None, template=None, train_on="completion", max_length=512, overlong="truncate"
+):
     template = template or tok.chat_template
     out = RowTokenizer(tok, fmt, columns or {}, template, train_on, max_length, overlong)(
         {k: [v] for k, v in {**row, "__row": 1}.items()}
@@ -33,13 +35,15 @@ def labelled_text(tok, ids, labels):
 
 
 def test_chat_labels_are_the_answers_and_their_end_of_turn(tok):
-    row = {"messages": [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "Hi?"},
-        {"role": "assistant", "content": "Hello."},
-        {"role": "user", "content": "Bye?"},
-        {"role": "assistant", "content": "Bye."},
-    ]}  # fmt: skip
+    row = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi?"},
+            {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": "Bye?"},
+            {"role": "assistant", "content": "Bye."},
+        ]
+    }
     out = encode(tok, "chat", row)
     ids, labels = out["input_ids"][0], out["labels"][0]
     assert tok.decode(ids) == (
@@ -100,13 +104,18 @@ def test_truncate_and_drop_policies(tok):
     "row, field",
     [
         ({"messages": [{"role": "user", "content": "hi"}]}, "messages"),
-        ({"messages": [{"role": "user", "content": "hi"}, {"role": "wizard", "content": "x"}]}, "messages[1].role"),
-        ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": " "}]},
-         "messages[1].content"),
+        (
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "wizard", "content": "x"}]},
+            "messages[1].role",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": " "}]},
+            "messages[1].content",
+        ),
         ({"messages": "hello"}, "messages"),
         ({"chat": []}, "messages"),
     ],
-)  # fmt: skip
+)
 def test_bad_chat_rows_name_the_field(tok, row, field):
     out = encode(tok, "chat", row)
     assert out["status"] == ["bad"] and out["error"][0].startswith(f"field '{field}'")
@@ -116,10 +125,13 @@ def recipe_for(tmp_path, rows, fmt="chat", **data):
     src = tmp_path / "rows.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     task = "pretrain" if fmt == "text" else "sft"
-    return Recipe.model_validate({
-        "task": task, "model": {"name": "builtin:tiny-llama"},
-        "data": {"format": fmt, "sources": [str(src)], "cache_dir": str(tmp_path / "cache"), **data},
-    })  # fmt: skip
+    return Recipe.model_validate(
+        {
+            "task": task,
+            "model": {"name": "builtin:tiny-llama"},
+            "data": {"format": fmt, "sources": [str(src)], "cache_dir": str(tmp_path / "cache"), **data},
+        }
+    )
 
 
 GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
@@ -192,7 +204,9 @@ def test_packed_rows_keep_documents_apart():
 
 
 def test_empty_text_documents_are_dropped_and_counted(tmp_path, tok):
-    recipe = recipe_for(tmp_path, [{"text": "hello world"}, {"text": ""}, {"text": "  "}, {"text": "bye"}], fmt="text")
+    recipe = recipe_for(
+        tmp_path, [{"text": "hello world"}, {"text": ""}, {"text": "  "}, {"text": "bye"}], fmt="text"
+    )
     stats = prepare_data(recipe, tok).stats
     assert stats["sources"][0]["kept"] == 2 and stats["sources"][0]["dropped_no_labels"] == 2
 

@@ -15,34 +15,58 @@ DISTRIBUTED = RECIPES / "distributed"
 
 
 def test_two_cpu_workers_reach_the_weights_of_one_process(tmp_path):
-    code, out, err = run_cli("train", SMOKE / "sft-lora-ddp2.yaml", f"output.dir={tmp_path / 'two'}",
-                             "training.max_steps=10", "--json")  # fmt: skip
+    code, out, err = run_cli(
+        "train",
+        SMOKE / "sft-lora-ddp2.yaml",
+        f"output.dir={tmp_path / 'two'}",
+        "training.max_steps=10",
+        "--json",
+    )
     assert code == 0, err
     summary = json.loads(out)  # stdout holds the summary only, though two workers ran
     assert summary["status"] == "completed" and summary["steps"] == 10
     assert err.count("plan") == 1  # one set of tables and progress
     assert (tmp_path / "two" / "accelerate_config.yaml").exists()
-    assert call_main("train", SMOKE / "sft-lora.yaml", f"output.dir={tmp_path / 'one'}", "training.max_steps=10") == 0
+    assert (
+        call_main("train", SMOKE / "sft-lora.yaml", f"output.dir={tmp_path / 'one'}", "training.max_steps=10")
+        == 0
+    )
     one = load_file(tmp_path / "one" / "adapter_model.safetensors")
     two = load_file(tmp_path / "two" / "adapter_model.safetensors")
     # Same global batch (1 x 4 = 2 x 2): identical weights only if each worker took a different half of it.
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
     metrics = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
-    assert len([r for r in metrics if "loss" in r]) == len({r["step"] for r in metrics if "loss" in r})  # once
+    assert len([r for r in metrics if "loss" in r]) == len(
+        {r["step"] for r in metrics if "loss" in r}
+    )  # once
 
 
+@pytest.mark.slow
 def test_a_failing_worker_fails_the_run_with_its_message(tmp_path):
-    code, out, err = run_cli("train", SMOKE / "sft-lora-ddp2.yaml", f"output.dir={tmp_path / 'run'}",
-                             "method.target_modules=[q_lin]")  # fmt: skip
+    code, out, err = run_cli(
+        "train",
+        SMOKE / "sft-lora-ddp2.yaml",
+        f"output.dir={tmp_path / 'run'}",
+        "method.target_modules=[q_lin]",
+    )
     assert code == 2 and out == ""
     assert "'q_lin' names no module" in err and "the workers failed" in err and "Traceback" not in err
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
 
 
 def test_launcher_python_runs_in_process(tmp_path):
-    assert call_main("train", SMOKE / "sft-lora-ddp2.yaml", f"output.dir={tmp_path / 'run'}", "training.max_steps=2",
-                     "--launcher", "python") == 0  # fmt: skip
+    assert (
+        call_main(
+            "train",
+            SMOKE / "sft-lora-ddp2.yaml",
+            f"output.dir={tmp_path / 'run'}",
+            "training.max_steps=2",
+            "--launcher",
+            "python",
+        )
+        == 0
+    )
     assert not (tmp_path / "run" / "accelerate_config.yaml").exists()
 
 
@@ -52,17 +76,50 @@ def dry_run(capsys, recipe, *overrides):
     return json.loads(capsys.readouterr().out)
 
 
-@pytest.mark.parametrize("name, expect", [
-    ("qwen2.5-7b-lora-ddp", {"distributed_type": "MULTI_GPU", "num_processes": 8, "mixed_precision": "bf16"}),
-    ("llama-3.1-8b-full-zero2", {"distributed_type": "DEEPSPEED", "deepspeed_config": {
-        "zero_stage": 2, "offload_optimizer_device": "none", "offload_param_device": "none", "zero3_init_flag": False,
-        "zero3_save_16bit_model": False, "gradient_accumulation_steps": 2, "gradient_clipping": 1.0}}),
-    ("llama-3.1-70b-lora-zero3-offload", {"distributed_type": "DEEPSPEED", "deepspeed_config": {
-        "zero_stage": 3, "offload_optimizer_device": "cpu", "offload_param_device": "cpu", "zero3_init_flag": True,
-        "zero3_save_16bit_model": True, "gradient_accumulation_steps": 8, "gradient_clipping": 1.0}}),
-    ("qwen2.5-14b-full-fsdp", {"distributed_type": "FSDP"}),
-    ("two-node-ddp", {"num_machines": 2, "num_processes": 16, "main_process_ip": "10.0.0.1", "machine_rank": 0}),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, expect",
+    [
+        (
+            "qwen2.5-7b-lora-ddp",
+            {"distributed_type": "MULTI_GPU", "num_processes": 8, "mixed_precision": "bf16"},
+        ),
+        (
+            "llama-3.1-8b-full-zero2",
+            {
+                "distributed_type": "DEEPSPEED",
+                "deepspeed_config": {
+                    "zero_stage": 2,
+                    "offload_optimizer_device": "none",
+                    "offload_param_device": "none",
+                    "zero3_init_flag": False,
+                    "zero3_save_16bit_model": False,
+                    "gradient_accumulation_steps": 2,
+                    "gradient_clipping": 1.0,
+                },
+            },
+        ),
+        (
+            "llama-3.1-70b-lora-zero3-offload",
+            {
+                "distributed_type": "DEEPSPEED",
+                "deepspeed_config": {
+                    "zero_stage": 3,
+                    "offload_optimizer_device": "cpu",
+                    "offload_param_device": "cpu",
+                    "zero3_init_flag": True,
+                    "zero3_save_16bit_model": True,
+                    "gradient_accumulation_steps": 8,
+                    "gradient_clipping": 1.0,
+                },
+            },
+        ),
+        ("qwen2.5-14b-full-fsdp", {"distributed_type": "FSDP"}),
+        (
+            "two-node-ddp",
+            {"num_machines": 2, "num_processes": 16, "main_process_ip": "10.0.0.1", "machine_rank": 0},
+        ),
+    ],
+)
 def test_dry_run_shows_the_launch_for_each_strategy(name, expect, tmp_path, capsys):
     out = tmp_path / "run"
     result = dry_run(capsys, DISTRIBUTED / f"{name}.yaml", "launch.num_processes=8", f"output.dir={out}")
@@ -82,6 +139,7 @@ def test_one_process_dry_run_says_in_process(capsys):
     assert dry_run(capsys, SMOKE / "sft-lora.yaml")["config"] is None
 
 
+@pytest.mark.slow
 def test_sigterm_stops_every_worker_and_marks_the_run_interrupted(tmp_path):
     import os
     import signal
@@ -90,9 +148,20 @@ def test_sigterm_stops_every_worker_and_marks_the_run_interrupted(tmp_path):
     import time
 
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "ftcli", "train", str(SMOKE / "sft-lora-ddp2.yaml"),
-                             f"output.dir={out}", "training.epochs=100"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ftcli",
+            "train",
+            str(SMOKE / "sft-lora-ddp2.yaml"),
+            f"output.dir={out}",
+            "training.epochs=100",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while not (out / "metrics.jsonl").exists() and time.time() < deadline:  # training has started
         time.sleep(0.5)

@@ -36,7 +36,9 @@ def gpu_count() -> int:
     if shutil.which("nvidia-smi") is None:
         return 0
     probe = "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=gpu_env(), timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=gpu_env(), timeout=120
+    )
     return int(proc.stdout.strip() or 0) if proc.returncode == 0 else 0
 
 
@@ -45,23 +47,43 @@ pytestmark = pytest.mark.skipif(gpu_count() == 0, reason="no CUDA GPU on this ma
 
 def ftcli(*args):
     """ftcli in a child process that sees the GPUs: (exit code, stdout, stderr)."""
-    proc = subprocess.run([sys.executable, "-m", "ftcli", *map(str, args)], capture_output=True, text=True,
-                          env=gpu_env(), timeout=900)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "ftcli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=gpu_env(),
+        timeout=900,
+    )
     return proc.returncode, proc.stdout, proc.stderr
 
 
 def bf16() -> bool:
-    proc = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_bf16_supported())"],
-                          capture_output=True, text=True, env=gpu_env())  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.cuda.is_bf16_supported())"],
+        capture_output=True,
+        text=True,
+        env=gpu_env(),
+    )
     return proc.stdout.strip() == "True"
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("gpu")
-    for name, task in (("sft-lora", "train"), ("sft-full", "train"), ("sft-qlora", "train"), ("reward-lora", "align")):
-        code, out, err = ftcli(task, SMOKE / f"{name}.yaml", f"output.dir={root / name}", "training.max_steps=40",
-                               "output.merge=false", "--json")  # fmt: skip
+    for name, task in (
+        ("sft-lora", "train"),
+        ("sft-full", "train"),
+        ("sft-qlora", "train"),
+        ("reward-lora", "align"),
+    ):
+        code, out, err = ftcli(
+            task,
+            SMOKE / f"{name}.yaml",
+            f"output.dir={root / name}",
+            "training.max_steps=40",
+            "output.merge=false",
+            "--json",
+        )
         assert code == 0, err
         (root / f"{name}.summary.json").write_text(out)
     return root
@@ -90,8 +112,17 @@ def test_infer_puts_the_model_and_its_inputs_on_the_gpu(runs, name):
 def test_perplexity_on_the_gpu_matches_the_cpu(runs):
     values = {}
     for device in ("cuda", "cpu"):
-        code, out, err = ftcli("infer", runs / "sft-lora", "--mode", "perplexity", "--split", "train", "--json",
-                               "--device", device)  # fmt: skip
+        code, out, err = ftcli(
+            "infer",
+            runs / "sft-lora",
+            "--mode",
+            "perplexity",
+            "--split",
+            "train",
+            "--json",
+            "--device",
+            device,
+        )
         assert code == 0, err
         values[device] = json.loads(out)
     assert values["cuda"]["tokens"] == values["cpu"]["tokens"]
@@ -99,7 +130,9 @@ def test_perplexity_on_the_gpu_matches_the_cpu(runs):
 
 
 def test_reward_scores_on_the_gpu(runs):
-    code, out, err = ftcli("infer", runs / "reward-lora", "-i", RECIPES / "data" / "preference.jsonl", "--json")
+    code, out, err = ftcli(
+        "infer", runs / "reward-lora", "-i", RECIPES / "data" / "preference.jsonl", "--json"
+    )
     assert code == 0 and "on the cuda" in err, err
     rows = [json.loads(line) for line in out.splitlines()]
     assert sum(r["winner"] == "chosen" for r in rows) / len(rows) >= 0.8
@@ -117,8 +150,17 @@ def test_merge_and_export_on_the_gpu_load_in_plain_transformers(runs, tmp_path, 
 
 def test_eval_on_the_gpu(runs):
     pytest.importorskip("lm_eval", reason='the eval extra is not installed (pip install "ftcli[eval]")')
-    code, out, err = ftcli("eval", runs / "sft-lora", "--tasks", "ftcli_capitals", "--include-path",
-                           RECIPES / "eval", "--limit", "10", "--json")  # fmt: skip
+    code, out, err = ftcli(
+        "eval",
+        runs / "sft-lora",
+        "--tasks",
+        "ftcli_capitals",
+        "--include-path",
+        RECIPES / "eval",
+        "--limit",
+        "10",
+        "--json",
+    )
     assert code == 0 and "on the cuda" in err, err
     assert "acc" in json.loads(out)["model"]["ftcli_capitals"]
 
@@ -133,8 +175,15 @@ def test_dpo_learns_on_the_gpu(tmp_path):
 @pytest.mark.parametrize("method", ["lora", "qlora"])
 def test_caption_trains_and_describes_on_the_gpu(tmp_path, method):
     run = tmp_path / "run"
-    code, out, err = ftcli("train", SMOKE / "caption-lora.yaml", f"output.dir={run}", f"method.type={method}",
-                           "training.max_steps=30", f"data.cache_dir={tmp_path / 'c'}", "--json")  # fmt: skip
+    code, out, err = ftcli(
+        "train",
+        SMOKE / "caption-lora.yaml",
+        f"output.dir={run}",
+        f"method.type={method}",
+        "training.max_steps=30",
+        f"data.cache_dir={tmp_path / 'c'}",
+        "--json",
+    )
     assert code == 0, err
     assert json.loads(out)["device"] == "cuda"
     code, out, err = ftcli("infer", run, "--image", SHAPES / "images" / "eval-000.png", "--json")
@@ -144,8 +193,9 @@ def test_caption_trains_and_describes_on_the_gpu(tmp_path, method):
 
 def test_more_processes_than_gpus_are_refused_before_anything_starts(tmp_path):
     n = gpu_count() + 1
-    code, _, err = ftcli("train", SMOKE / "sft-lora.yaml", f"output.dir={tmp_path / 'run'}",
-                         f"launch.num_processes={n}")  # fmt: skip
+    code, _, err = ftcli(
+        "train", SMOKE / "sft-lora.yaml", f"output.dir={tmp_path / 'run'}", f"launch.num_processes={n}"
+    )
     assert code == 2, err
     assert f"{n} processes, but this machine has {gpu_count()} GPU" in err.splitlines()[-1]
     assert not (tmp_path / "run").exists()

@@ -13,8 +13,12 @@ from tests.helpers import RECIPES, run_cli
 
 SMOKE = RECIPES / "smoke" / "sft-lora.yaml"
 FULL = RECIPES / "smoke" / "sft-full.yaml"
-STEPS = ["training.max_steps=40", "training.save_steps=10", "training.save_total_limit=5",
-         "data.eval_fraction=0"]  # fmt: skip
+STEPS = [
+    "training.max_steps=40",
+    "training.save_steps=10",
+    "training.save_total_limit=5",
+    "data.eval_fraction=0",
+]
 
 # `ftcli ARGS...` in this child process, dying (os._exit: no cleanup, like SIGKILL) in the middle of the save of
 # checkpoint-STEP: after its weights are written, before its optimizer, scheduler, RNG and trainer state are.
@@ -43,12 +47,27 @@ def uninterrupted(tmp_path_factory):
     return load_file(out / "model.safetensors")
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"]
+)
 def test_a_stop_signal_saves_a_checkpoint_marks_interrupted_and_resume_finishes(tmp_path, signum, code):
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "ftcli", "train", str(SMOKE), f"output.dir={out}",
-                             "training.epochs=100", "training.logging_steps=1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ftcli",
+            "train",
+            str(SMOKE),
+            f"output.dir={out}",
+            "training.epochs=100",
+            "training.logging_steps=1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while not (out / "metrics.jsonl").exists() and time.time() < deadline:
         time.sleep(0.2)
@@ -56,31 +75,52 @@ def test_a_stop_signal_saves_a_checkpoint_marks_interrupted_and_resume_finishes(
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
-    assert f"stopped by {signal.Signals(signum).name} at step" in err and "--resume" in err and "Traceback" not in err
+    assert (
+        f"stopped by {signal.Signals(signum).name} at step" in err
+        and "--resume" in err
+        and "Traceback" not in err
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "interrupted"
     checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     assert checkpoints and (checkpoints[-1] / "trainer_state.json").exists()
     stopped_at = int(checkpoints[-1].name.split("-")[1])
-    code, _, err = run_cli("train", SMOKE, f"output.dir={out}", "training.epochs=100",
-                           f"training.max_steps={stopped_at + 3}", "--resume")  # fmt: skip
+    code, _, err = run_cli(
+        "train",
+        SMOKE,
+        f"output.dir={out}",
+        "training.epochs=100",
+        f"training.max_steps={stopped_at + 3}",
+        "--resume",
+    )
     assert code == 0, err
     assert json.loads((out / "summary.json").read_text())["steps"] == stopped_at + 3
 
 
 def test_a_diverging_loss_stops_the_run_naming_the_step(tmp_path):
-    code, _, err = run_cli("train", SMOKE, f"output.dir={tmp_path / 'run'}", "training.learning_rate=1e12",
-                           "training.max_grad_norm=0", "training.logging_steps=1", "training.max_steps=60")  # fmt: skip
+    code, _, err = run_cli(
+        "train",
+        SMOKE,
+        f"output.dir={tmp_path / 'run'}",
+        "training.learning_rate=1e12",
+        "training.max_grad_norm=0",
+        "training.logging_steps=1",
+        "training.max_steps=60",
+    )
     assert code == 2, err
     assert "the training loss became" in err and "by step" in err and "Traceback" not in err
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "failed" and "loss became" in summary["error"]
 
 
+@pytest.mark.slow
 def test_kill_9_between_checkpoints_then_resume_matches_an_uninterrupted_run(tmp_path, uninterrupted):
     out = tmp_path / "b"
-    proc = subprocess.Popen([sys.executable, "-m", "ftcli", "train", str(FULL), f"output.dir={out}", *STEPS],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ftcli", "train", str(FULL), f"output.dir={out}", *STEPS],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while not (out / "checkpoint-20" / "trainer_state.json").exists() and time.time() < deadline:
         time.sleep(0.05)
@@ -95,10 +135,15 @@ def test_kill_9_between_checkpoints_then_resume_matches_an_uninterrupted_run(tmp
     assert_same_weights(out, uninterrupted)
 
 
+@pytest.mark.slow
 def test_kill_during_a_checkpoint_save_keeps_the_previous_one_and_resume_matches(tmp_path, uninterrupted):
     out = tmp_path / "run"
-    killed = subprocess.run([sys.executable, "-c", DIE_MID_SAVE, "20", "train", str(FULL), f"output.dir={out}",
-                             *STEPS], capture_output=True, text=True, timeout=600)  # fmt: skip
+    killed = subprocess.run(
+        [sys.executable, "-c", DIE_MID_SAVE, "20", "train", str(FULL), f"output.dir={out}", *STEPS],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert killed.returncode == 9, killed.stderr
     staged = staging_dir(out, 20)
     assert (staged / "checkpoint-20" / "model.safetensors").exists()  # it died midway through that save

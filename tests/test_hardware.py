@@ -25,13 +25,21 @@ def test_auto_is_the_cpu_here_and_asking_for_a_missing_device_names_the_key():
     assert info.value.key == "launch.device"
 
 
-@pytest.mark.parametrize("overrides, compute, mixed, trained", [
-    ([], torch.float32, "fp32", torch.float32),
-    (["training.precision=bf16"], torch.bfloat16, "bf16", torch.float32),
-    (["model.dtype=bfloat16"], torch.bfloat16, "bf16", torch.float32),
-    (["model.dtype=bfloat16", "method=full"], torch.bfloat16, "bf16", torch.bfloat16),  # pure bf16, asked for
-    (["training.precision=bf16", "method=full"], torch.bfloat16, "bf16", torch.float32),  # master weights
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "overrides, compute, mixed, trained",
+    [
+        ([], torch.float32, "fp32", torch.float32),
+        (["training.precision=bf16"], torch.bfloat16, "bf16", torch.float32),
+        (["model.dtype=bfloat16"], torch.bfloat16, "bf16", torch.float32),
+        (
+            ["model.dtype=bfloat16", "method=full"],
+            torch.bfloat16,
+            "bf16",
+            torch.bfloat16,
+        ),  # pure bf16, asked for
+        (["training.precision=bf16", "method=full"], torch.bfloat16, "bf16", torch.float32),  # master weights
+    ],
+)
 def test_compute_precision_and_trained_dtypes(overrides, compute, mixed, trained):
     r = recipe("sft-lora", *overrides)
     assert (compute_dtype(r), precision(r), trained_dtype(r)) == (compute, mixed, trained)
@@ -58,8 +66,12 @@ def test_bf16_autocast_trains_fp32_master_weights_over_a_bf16_base(tmp_path, nam
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         seen["trained"] = {p.dtype for p in model.parameters() if p.requires_grad}
-        seen["frozen"] = {p.dtype for n, p in model.named_parameters() if not p.requires_grad and p.is_floating_point()}
-        seen["casting"] = {m.cast_input_dtype_enabled for m in model.modules() if isinstance(m, BaseTunerLayer)}
+        seen["frozen"] = {
+            p.dtype for n, p in model.named_parameters() if not p.requires_grad and p.is_floating_point()
+        }
+        seen["casting"] = {
+            m.cast_input_dtype_enabled for m in model.modules() if isinstance(m, BaseTunerLayer)
+        }
 
     r = recipe(name, f"output.dir={tmp_path / 'run'}", "training.precision=bf16", "training.max_steps=12")
     summary = sft.run(r, on_done=on_done)

@@ -19,8 +19,14 @@ QUESTIONS = [f"What is the capital of {c}?" for c in ("Peru", "Japan", "Norway",
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("infer")
     assert call_main("train", SMOKE / "sft-lora.yaml", f"output.dir={root / 'sft'}") == 0
-    assert call_main("align", SMOKE / "reward-lora.yaml", f"output.dir={root / 'reward'}", "output.merge=false") == 0
-    assert call_main("train", SMOKE / "sft-prompt.yaml", f"output.dir={root / 'prompt'}", "training.max_steps=5") == 0
+    assert (
+        call_main("align", SMOKE / "reward-lora.yaml", f"output.dir={root / 'reward'}", "output.merge=false")
+        == 0
+    )
+    assert (
+        call_main("train", SMOKE / "sft-prompt.yaml", f"output.dir={root / 'prompt'}", "training.max_steps=5")
+        == 0
+    )
     return root
 
 
@@ -47,8 +53,18 @@ def test_hundred_prompts_on_stdin_give_hundred_ordered_lines_and_batching_is_inv
     prompts = [QUESTIONS[i % 5] + f" ({i})" for i in range(100)]
     outputs = {}
     for batch in ("16", "1"):
-        code, out, err = run_cli("infer", runs / "sft", "-i", "-", "--json", "--batch-size", batch,
-                                 "--max-new-tokens", "16", input="\n".join(prompts) + "\n")  # fmt: skip
+        code, out, err = run_cli(
+            "infer",
+            runs / "sft",
+            "-i",
+            "-",
+            "--json",
+            "--batch-size",
+            batch,
+            "--max-new-tokens",
+            "16",
+            input="\n".join(prompts) + "\n",
+        )
         assert code == 0, err
         rows = [json.loads(line) for line in out.splitlines()]  # every stdout line is a result
         assert [r["index"] for r in rows] == list(range(100))
@@ -58,8 +74,10 @@ def test_hundred_prompts_on_stdin_give_hundred_ordered_lines_and_batching_is_inv
 
 
 def test_plain_output_is_one_completion_per_line_and_a_closed_pipe_is_quiet(runs):
-    shell = (f"printf '{QUESTIONS[0]}\\n{QUESTIONS[1]}\\n{QUESTIONS[2]}\\n{QUESTIONS[3]}\\n' | "
-             f"{sys.executable} -m ftcli infer {runs / 'sft'} -i - --max-new-tokens 16 --batch-size 1 | head -n 2")
+    shell = (
+        f"printf '{QUESTIONS[0]}\\n{QUESTIONS[1]}\\n{QUESTIONS[2]}\\n{QUESTIONS[3]}\\n' | "
+        f"{sys.executable} -m ftcli infer {runs / 'sft'} -i - --max-new-tokens 16 --batch-size 1 | head -n 2"
+    )
     proc = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, env=os.environ)
     assert len(proc.stdout.splitlines()) == 2
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
@@ -70,7 +88,9 @@ def test_reward_model_ranks_chosen_above_rejected(runs, tmp_path, capsys):
     assert len(rows) == 300
     assert sum(r["winner"] == "chosen" for r in rows) / len(rows) >= 0.9
     responses = tmp_path / "responses.jsonl"
-    responses.write_text(json.dumps({"prompt": QUESTIONS[0], "response": "The capital of Peru is Lima."}) + "\n")
+    responses.write_text(
+        json.dumps({"prompt": QUESTIONS[0], "response": "The capital of Peru is Lima."}) + "\n"
+    )
     single = infer_json(capsys, runs / "reward", "-i", responses)
     assert set(single[0]) == {"index", "score"}
 
@@ -83,8 +103,14 @@ def test_perplexity_of_the_finetune_is_below_the_base(runs, capsys):
 
 
 def test_chat_session_streams_answers_from_stdin(runs):
-    code, out, err = run_cli("infer", runs / "sft", "--chat", "--max-new-tokens", "24",
-                             input=f"{QUESTIONS[0]}\n/reset\n{QUESTIONS[1]}\n/exit\n")  # fmt: skip
+    code, out, err = run_cli(
+        "infer",
+        runs / "sft",
+        "--chat",
+        "--max-new-tokens",
+        "24",
+        input=f"{QUESTIONS[0]}\n/reset\n{QUESTIONS[1]}\n/exit\n",
+    )
     assert code == 0, err
     code, single, _ = run_cli("infer", runs / "sft", "-p", QUESTIONS[0], "--max-new-tokens", "24")
     assert out.startswith(single.strip())
@@ -114,7 +140,9 @@ def test_bad_input_exits_2_with_file_and_line(runs, tmp_path, capsys):
     orphan = tmp_path / "orphan"  # an adapter whose base is gone
     shutil.copytree(runs / "sft", orphan)
     resolved = orphan / "recipe.resolved.yaml"
-    resolved.write_text(resolved.read_text().replace("name: builtin:tiny-llama", f"name: {tmp_path / 'gone'}"))
+    resolved.write_text(
+        resolved.read_text().replace("name: builtin:tiny-llama", f"name: {tmp_path / 'gone'}")
+    )
     assert call_main("infer", orphan, "-p", "hi") == 2
     err = capsys.readouterr().err
     assert f"{resolved}:" in err and "model.name" in err
@@ -134,5 +162,17 @@ def test_merge_refuses_what_cannot_be_merged_and_never_overwrites(runs, tmp_path
 
 def test_push_to_hub_without_a_token_is_refused_before_merging(runs, tmp_path):
     env = {"HF_HOME": str(tmp_path / "hf"), "HF_TOKEN": ""}
-    code, out, err = run_cli("merge", runs / "sft", "--out", tmp_path / "m", "--push-to-hub", "me/model", env=env)
+    code, out, err = run_cli(
+        "merge", runs / "sft", "--out", tmp_path / "m", "--push-to-hub", "me/model", env=env
+    )
     assert code == 2 and "no Hugging Face token" in err and not (tmp_path / "m").exists()
+
+
+def test_perplexity_does_not_depend_on_how_training_packed_its_rows(runs, capsys):
+    packed = infer_json(capsys, runs / "sft", "--mode", "perplexity", "--split", "eval")[0]
+    unpacked = infer_json(
+        capsys, runs / "sft", "--mode", "perplexity", "--split", "eval", "data.packing=false"
+    )[0]
+    assert packed["tokens"] == unpacked["tokens"] and packed["loss"] == pytest.approx(
+        unpacked["loss"], abs=1e-6
+    )

@@ -19,8 +19,14 @@ def lora_run(tmp_path_factory):
     """A LoRA run that trained with the alpaca template (not the tokenizer's ChatML), merged and exported."""
     root = tmp_path_factory.mktemp("interop")
     run = root / "run"
-    code, _, err = run_cli("train", SMOKE / "sft-lora.yaml", f"output.dir={run}", "training.max_steps=10",
-                           "data.template=alpaca", "output.merge=true")  # fmt: skip
+    code, _, err = run_cli(
+        "train",
+        SMOKE / "sft-lora.yaml",
+        f"output.dir={run}",
+        "training.max_steps=10",
+        "data.template=alpaca",
+        "output.merge=true",
+    )
     assert code == 0, err
     code, _, err = run_cli("export", run, "--out", root / "f16", "--dtype", "f16")
     assert code == 0, err
@@ -55,7 +61,9 @@ def test_merged_and_exported_weights_give_the_adapters_logits(lora_run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    ids = AutoTokenizer.from_pretrained(lora_run)(PROBE, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    ids = AutoTokenizer.from_pretrained(lora_run)(PROBE, return_tensors="pt", add_special_tokens=False)[
+        "input_ids"
+    ]
     base = AutoModelForCausalLM.from_pretrained(builtin_path("builtin:tiny-llama"))
     with torch.no_grad():
         adapted = PeftModel.from_pretrained(base, lora_run).eval()(input_ids=ids).logits
@@ -114,19 +122,38 @@ def test_a_non_default_rope_model_gives_the_same_logits_in_transformers_4_and_5(
     from transformers import AutoModelForCausalLM
 
     target = tmp_path / "transformers4"
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
-                          *TRANSFORMERS_4], capture_output=True, text=True, timeout=900)  # fmt: skip
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), *TRANSFORMERS_4],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if pip.returncode != 0:
-        pytest.skip(f"transformers 4.57.6 could not be installed (needs the package registry): {pip.stderr[-300:]}")
+        pytest.skip(
+            f"transformers 4.57.6 could not be installed (needs the package registry): {pip.stderr[-300:]}"
+        )
     run = tmp_path / "run"
-    code, _, err = run_cli("train", SMOKE / "sft-lora.yaml", "model.name=builtin:tiny-llama3", f"output.dir={run}",
-                           "training.max_steps=5", "output.merge=true")  # fmt: skip
+    code, _, err = run_cli(
+        "train",
+        SMOKE / "sft-lora.yaml",
+        "model.name=builtin:tiny-llama3",
+        f"output.dir={run}",
+        "training.max_steps=5",
+        "output.merge=true",
+    )
     assert code == 0, err
-    old = subprocess.run([sys.executable, "-c", LOGITS_4, str(run / "merged"), str(tmp_path / "old.pt")],
-                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(target)})  # fmt: skip
+    old = subprocess.run(
+        [sys.executable, "-c", LOGITS_4, str(run / "merged"), str(tmp_path / "old.pt")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(target)},
+    )
     assert old.returncode == 0, old.stderr[-3000:]
     assert old.stdout.split() == ["500000.0", "llama3"]
     with torch.no_grad():
-        new = AutoModelForCausalLM.from_pretrained(run / "merged").eval()(
-            input_ids=torch.tensor([[5, 9, 70, 3, 11, 200, 17]])).logits
+        new = (
+            AutoModelForCausalLM.from_pretrained(run / "merged")
+            .eval()(input_ids=torch.tensor([[5, 9, 70, 3, 11, 200, 17]]))
+            .logits
+        )
     torch.testing.assert_close(torch.load(tmp_path / "old.pt"), new, rtol=1e-5, atol=1e-5)

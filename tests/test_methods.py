@@ -35,9 +35,17 @@ def fresh_base_state():
     return AutoModelForCausalLM.from_pretrained(BASE).state_dict()
 
 
-@pytest.mark.parametrize("name, kind", [("sft-full", "full"), ("sft-qlora", "qlora"), ("sft-qlora", "qlora8"),
-                                        ("sft-prefix", "prefix"), ("sft-prompt", "prompt"),
-                                        ("pretrain-lora", "lora")])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, kind",
+    [
+        ("sft-full", "full"),
+        ("sft-qlora", "qlora"),
+        pytest.param("sft-qlora", "qlora8", marks=pytest.mark.slow),
+        ("sft-prefix", "prefix"),
+        ("sft-prompt", "prompt"),
+        ("pretrain-lora", "lora"),
+    ],
+)
 def test_method_trains_only_its_parameters_and_reloads(name, kind, tmp_path):
     out = tmp_path / "run"
     summary, seen = train(name, out, *(["method.bits=8"] if kind == "qlora8" else []))
@@ -45,7 +53,9 @@ def test_method_trains_only_its_parameters_and_reloads(name, kind, tmp_path):
     assert summary["final_loss"] < 0.7 * summary["first_loss"], summary
 
     base = fresh_base_state()
-    trained = {k.replace(".base_layer", ""): v for k, v in seen["model"].state_dict().items() if "lora_" not in k}
+    trained = {
+        k.replace(".base_layer", ""): v for k, v in seen["model"].state_dict().items() if "lora_" not in k
+    }
     if kind == "full":
         changed = [k for k in base if not torch.equal(base[k], trained[k])]
         assert len(changed) == len(base)  # every weight trained
@@ -71,8 +81,12 @@ def test_method_trains_only_its_parameters_and_reloads(name, kind, tmp_path):
 
 
 def test_keys_to_finetune_trains_exactly_the_matched_parameters(tmp_path):
-    summary, seen = train("sft-full", tmp_path / "run", "method.keys_to_finetune=[lm_head,layers.1.mlp]",
-                          "training.max_steps=10")  # fmt: skip
+    summary, seen = train(
+        "sft-full",
+        tmp_path / "run",
+        "method.keys_to_finetune=[lm_head,layers.1.mlp]",
+        "training.max_steps=10",
+    )
     base, trained = fresh_base_state(), seen["model"].state_dict()
     for key in base:
         matched = "lm_head" in key or "layers.1.mlp" in key
@@ -113,12 +127,16 @@ def test_merged_output_generates_like_base_plus_adapter(name, tmp_path):
     else:
         base = AutoModelForCausalLM.from_pretrained(BASE)
     adapted = PeftModel.from_pretrained(base, out).eval()
-    ids = tok([PROBE, "<|im_start|>user\nDescribe a red star.<|im_end|>\n<|im_start|>assistant\n"],
-              add_special_tokens=False)["input_ids"]  # fmt: skip
+    ids = tok(
+        [PROBE, "<|im_start|>user\nDescribe a red star.<|im_end|>\n<|im_start|>assistant\n"],
+        add_special_tokens=False,
+    )["input_ids"]
     for row in ids:
         x = torch.tensor([row])
         with torch.no_grad():
-            torch.testing.assert_close(merged(input_ids=x).logits, adapted(input_ids=x).logits, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(
+                merged(input_ids=x).logits, adapted(input_ids=x).logits, rtol=1e-4, atol=1e-4
+            )
         a = adapted.generate(input_ids=x, max_new_tokens=24, do_sample=False)
         b = merged.generate(input_ids=x, max_new_tokens=24, do_sample=False)
         assert torch.equal(a, b)
@@ -127,8 +145,12 @@ def test_merged_output_generates_like_base_plus_adapter(name, tmp_path):
 def _nf4():
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.float32)  # fmt: skip
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+    )
 
 
 def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path):
@@ -152,7 +174,11 @@ def test_pickle_weights_load_when_the_recipe_allows_them(tmp_path):
     pickled = [f"model.name={pickle_only_model(tmp_path / 'base')}", "model.allow_pickle=true"]
     summary, _ = train("sft-full", tmp_path / "full", *pickled, "training.max_steps=2")
     assert summary["status"] == "completed" and summary["steps"] == 2
-    adapter = [f"model.adapter={pickle_only_adapter(tmp_path / 'adapter')}", "model.allow_pickle=true"]
+    adapter = [
+        "method=lora",
+        f"model.adapter={pickle_only_adapter(tmp_path / 'adapter')}",
+        "model.allow_pickle=true",
+    ]
     summary, _ = train("sft-lora", tmp_path / "lora", *adapter, "training.max_steps=2")
     assert summary["status"] == "completed" and summary["steps"] == 2
     assert (tmp_path / "full" / "model.safetensors").exists()  # what ftcli writes is safetensors all the same
@@ -170,11 +196,19 @@ def test_resume_without_a_checkpoint_refuses(tmp_path):
 def test_continue_from_a_previous_run(tmp_path):
     """model.adapter continues an adapter; model.name takes a full run dir; an adapter dir as name is refused."""
     first, _ = train("sft-lora", tmp_path / "lora", "training.max_steps=30")
-    again, _ = train("sft-lora", tmp_path / "lora2", f"model.adapter={tmp_path / 'lora'}", "training.max_steps=5")
+    again, _ = train(
+        "sft-lora",
+        tmp_path / "lora2",
+        "method=lora",
+        f"model.adapter={tmp_path / 'lora'}",
+        "training.max_steps=5",
+    )
     assert again["first_loss"] < 0.6 * first["first_loss"]  # it starts where the first run ended
 
     full, _ = train("sft-full", tmp_path / "full", "training.max_steps=30")
-    chained, _ = train("sft-lora", tmp_path / "chained", f"model.name={tmp_path / 'full'}", "training.max_steps=5")
+    chained, _ = train(
+        "sft-lora", tmp_path / "chained", f"model.name={tmp_path / 'full'}", "training.max_steps=5"
+    )
     assert chained["first_loss"] < 0.6 * full["first_loss"]
 
     with pytest.raises(RecipeError, match="holds a PEFT adapter, not full weights"):

@@ -18,14 +18,17 @@ def token_losses(model, batch) -> torch.Tensor:
     labels = batch.pop("labels")
     with torch.no_grad():
         logits = model(**batch).logits
-    losses = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], reduction="none",
-                                               ignore_index=IGNORE)  # fmt: skip
+    losses = torch.nn.functional.cross_entropy(
+        logits[:, :-1].transpose(1, 2), labels[:, 1:], reduction="none", ignore_index=IGNORE
+    )
     return losses[labels[:, 1:] != IGNORE]
 
 
 def batches(tmp_path):
-    recipe = load_recipe(RECIPES / "smoke" / "sft-full.yaml", [f"data.cache_dir={tmp_path}", "data.packing=false",
-                                                               "data.eval_fraction=0"])  # fmt: skip
+    recipe = load_recipe(
+        RECIPES / "smoke" / "sft-full.yaml",
+        [f"data.cache_dir={tmp_path}", "data.packing=false", "data.eval_fraction=0"],
+    )
     tokenizer = load_tokenizer(recipe.model)
     rows = prepare_data(recipe, tokenizer).train.select(range(12))
     ids, labels = [r["input_ids"] for r in rows], [r["labels"] for r in rows]
@@ -35,13 +38,20 @@ def batches(tmp_path):
     for lengths, row_ids in zip(packed["seq_lengths"], packed["input_ids"]):
         start = 0
         for n in lengths:
-            order.append(next(i for i, x in enumerate(ids) if x == row_ids[start : start + n] and i not in order))
+            order.append(
+                next(i for i, x in enumerate(ids) if x == row_ids[start : start + n] and i not in order)
+            )
             start += n
-    packed_rows = [{"input_ids": a, "labels": b, "seq_lengths": c}
-                   for a, b, c in zip(packed["input_ids"], packed["labels"], packed["seq_lengths"])]  # fmt: skip
+    packed_rows = [
+        {"input_ids": a, "labels": b, "seq_lengths": c}
+        for a, b, c in zip(packed["input_ids"], packed["labels"], packed["seq_lengths"])
+    ]
     unpacked_rows = [{"input_ids": ids[i], "labels": labels[i]} for i in order]
-    return recipe, PackedCollator(tokenizer.pad_token_id)(packed_rows), PaddedCollator(tokenizer.pad_token_id)(
-        unpacked_rows)
+    return (
+        recipe,
+        PackedCollator(tokenizer.pad_token_id)(packed_rows),
+        PaddedCollator(tokenizer.pad_token_id)(unpacked_rows),
+    )
 
 
 def test_packed_and_unpacked_rows_give_the_same_per_token_losses(tmp_path):

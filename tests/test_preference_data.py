@@ -25,11 +25,17 @@ def first_row(name):
 def test_explicit_strings_are_kept():
     row = first_row("preference.jsonl")
     pair = canonical_row("preference", row, {})
-    assert (pair["prompt"], pair["chosen"], pair["rejected"]) == (row["prompt"], row["chosen"], row["rejected"])
+    assert (pair["prompt"], pair["chosen"], pair["rejected"]) == (
+        row["prompt"],
+        row["chosen"],
+        row["rejected"],
+    )
 
 
 def test_ultrafeedback_conversations_drop_the_repeated_prompt_turn():
-    row = first_row("preference_ultrafeedback.jsonl")  # chosen/rejected repeat the user turn, as in the real set
+    row = first_row(
+        "preference_ultrafeedback.jsonl"
+    )  # chosen/rejected repeat the user turn, as in the real set
     pair = canonical_row("preference", row, {})
     assert pair["prompt"] == [{"role": "user", "content": row["prompt"]}]
     assert pair["chosen"] == [row["chosen"][1]] and pair["rejected"] == [row["rejected"][1]]
@@ -50,13 +56,16 @@ def test_plain_strings_without_prompt_take_their_common_beginning():
     assert (pair["prompt"], pair["chosen"], pair["rejected"]) == ("Answer: ", "Lima.", "Paris.")
 
 
-@pytest.mark.parametrize("row, field, message", [
-    ({"prompt": "Q", "chosen": "same", "rejected": "same"}, "chosen", "identical to rejected"),
-    ({"prompt": "Q", "chosen": "  ", "rejected": "B"}, "chosen", "is empty"),
-    ({"chosen": "Lima", "rejected": "Paris"}, "prompt", "share no beginning"),
-    ({"prompt": "Q", "chosen": "A"}, "rejected", "missing"),
-    ({"prompt": "Q", "chosen": "A", "rejected": "B", "margin": "big"}, "margin", "expected a number"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "row, field, message",
+    [
+        ({"prompt": "Q", "chosen": "same", "rejected": "same"}, "chosen", "identical to rejected"),
+        ({"prompt": "Q", "chosen": "  ", "rejected": "B"}, "chosen", "is empty"),
+        ({"chosen": "Lima", "rejected": "Paris"}, "prompt", "share no beginning"),
+        ({"prompt": "Q", "chosen": "A"}, "rejected", "missing"),
+        ({"prompt": "Q", "chosen": "A", "rejected": "B", "margin": "big"}, "margin", "expected a number"),
+    ],
+)
 def test_bad_pairs_name_the_field(row, field, message):
     with pytest.raises(BadRow) as info:
         canonical_row("preference", row, {})
@@ -64,7 +73,9 @@ def test_bad_pairs_name_the_field(row, field, message):
 
 
 def pair_recipe(tmp_path, source, *overrides):
-    path = write_recipe(tmp_path / "r.yaml", f"""
+    path = write_recipe(
+        tmp_path / "r.yaml",
+        f"""
 task: dpo
 model: {{name: "builtin:tiny-llama"}}
 method: lora
@@ -74,17 +85,22 @@ data:
   shuffle: false
   cache_dir: {tmp_path / "cache"}
   max_length: 96
-""")
+""",
+    )
     return load_recipe(path, list(overrides))
 
 
-@pytest.mark.parametrize("name", ["preference.jsonl", "preference_ultrafeedback.jsonl", "preference_hh.jsonl"])
+@pytest.mark.parametrize(
+    "name", ["preference.jsonl", "preference_ultrafeedback.jsonl", "preference_hh.jsonl"]
+)
 def test_each_shape_becomes_templated_prompt_and_answers(tmp_path, tok, name):
     prepared = prepare_data(pair_recipe(tmp_path, DATA / name, "data.max_length=256"), tok)
     row = prepared.train[0]
     prompt, chosen, rejected = (tok.decode(row[k]) for k in ("prompt_ids", "chosen_ids", "rejected_ids"))
     assert prompt.startswith("<|im_start|>") and prompt.endswith("<|im_start|>assistant\n")
-    assert chosen.startswith("The capital of") and chosen.endswith("<|im_end|>\n")  # end-of-turn is in the answer
+    assert chosen.startswith("The capital of") and chosen.endswith(
+        "<|im_end|>\n"
+    )  # end-of-turn is in the answer
     assert rejected != chosen and rejected.endswith("<|im_end|>\n")
     if name == "preference_hh.jsonl":
         assert prompt.count("<|im_start|>user") == 2 and "Sure, go ahead." in prompt
@@ -101,8 +117,12 @@ def test_without_a_chat_template_strings_join_as_raw_text_with_eos(tmp_path, tok
 
 def test_long_pairs_keep_the_end_of_the_prompt(tmp_path, tok):
     long = tmp_path / "long.jsonl"
-    long.write_text(json.dumps({"prompt": "x" * 200 + " Which is the capital of Peru?", "chosen": "Lima.",
-                                "rejected": "Paris."}) + "\n")  # fmt: skip
+    long.write_text(
+        json.dumps(
+            {"prompt": "x" * 200 + " Which is the capital of Peru?", "chosen": "Lima.", "rejected": "Paris."}
+        )
+        + "\n"
+    )
     prepared = prepare_data(pair_recipe(tmp_path, long, "align.max_prompt_length=40"), tok)
     row = prepared.train[0]
     assert len(row["prompt_ids"]) == 40 and tok.decode(row["prompt_ids"]).endswith("<|im_start|>assistant\n")
@@ -133,4 +153,8 @@ def test_margin_column_is_carried(tmp_path, tok):
 def test_ftcli_prepare_runs_alignment_recipes(capsys):
     assert call_main("prepare", RECIPES / "smoke" / "dpo-lora.yaml", "--json") == 0
     stats = json.loads(capsys.readouterr().out)
-    assert stats["train"]["rows"] == 270 and stats["eval"]["rows"] == 30 and stats["train"]["prompt_length_p50"] > 0
+    assert (
+        stats["train"]["rows"] == 270
+        and stats["eval"]["rows"] == 30
+        and stats["train"]["prompt_length_p50"] > 0
+    )

@@ -12,7 +12,7 @@ model:
 method: lora
 data:
   sources:
-    - path: {DATA / 'chat.jsonl'}
+    - path: {DATA / "chat.jsonl"}
 training:
   learning_rate: 1e-4
   batch_size: 4
@@ -44,7 +44,9 @@ def test_wrong_type(tmp_path):
 
 
 def test_missing_required_key(tmp_path):
-    path = write_recipe(tmp_path / "r.yaml", BASE.replace("  name: builtin:tiny-llama\n", "  revision: main\n"))
+    path = write_recipe(
+        tmp_path / "r.yaml", BASE.replace("  name: builtin:tiny-llama\n", "  revision: main\n")
+    )
     assert error_of(path) == f"{path}:1 model.name: required key is missing"
 
 
@@ -100,7 +102,9 @@ def test_extends_overrides_and_env_resolve(tmp_path):
         "output:\n  dir: ${env:RUNS,runs}/${env:NAME}\n"
         "data:\n  max_length: 64\n",
     )
-    recipe = load_recipe(child, ["training.learning_rate=3e-4", "method.r=4", "data.packing=false"], env={"NAME": "x"})
+    recipe = load_recipe(
+        child, ["training.learning_rate=3e-4", "method.r=4", "data.packing=false"], env={"NAME": "x"}
+    )
     assert recipe.training.epochs == 2  # from child
     assert recipe.training.batch_size == 4  # inherited, deep-merged with the child's training block
     assert recipe.training.learning_rate == pytest.approx(3e-4)  # override, YAML-typed
@@ -113,8 +117,11 @@ def test_extends_overrides_and_env_resolve(tmp_path):
 def test_data_paths_are_relative_to_the_recipe(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "rows.jsonl").write_text('{"text": "hello"}\n')
-    path = write_recipe(tmp_path / "sub" / "r.yaml", "task: pretrain\nmodel:\n  name: builtin:tiny-llama\n"
-                        "data:\n  format: text\n  sources: [rows.jsonl]\n")  # fmt: skip
+    path = write_recipe(
+        tmp_path / "sub" / "r.yaml",
+        "task: pretrain\nmodel:\n  name: builtin:tiny-llama\n"
+        "data:\n  format: text\n  sources: [rows.jsonl]\n",
+    )
     assert load_recipe(path).data.sources[0].path == str(tmp_path / "sub" / "rows.jsonl")
 
 
@@ -127,7 +134,7 @@ def test_extends_cycle_is_an_error(tmp_path):
 def test_task_and_format_must_agree(tmp_path):
     path = write_recipe(tmp_path / "r.yaml", BASE)
     assert error_of(path, ["task=pretrain"]) == (
-        f"{path}:4 data.format: task pretrain cannot learn from chat rows (it takes text)"
+        f"{path}:4 data.format: task pretrain cannot learn from chat rows (it takes text); chat rows train with task: sft"
     )
 
 

@@ -17,11 +17,27 @@ def test_there_are_recipes_for_every_method_and_task():
     for task in ("sft", "pretrain"):
         for method in ("full", "lora", "qlora", "prefix", "prompt"):
             assert f"smoke/{task}-{method}" in names
-    assert {"sft/llama-3.1-8b-qlora", "sft/qwen2.5-0.5b-full", "sft/mistral-7b-lora", "sft/opt-350m-prefix",
-            "sft/opt-350m-prompt", "pretrain/qwen2.5-0.5b-continued"} <= names  # fmt: skip
+    assert {
+        "sft/llama-3.1-8b-qlora",
+        "sft/qwen2.5-0.5b-full",
+        "sft/mistral-7b-lora",
+        "sft/opt-350m-prefix",
+        "sft/opt-350m-prompt",
+        "pretrain/qwen2.5-0.5b-continued",
+    } <= names
     study = {f"multimodal/coco-opt-350m-{part}" for part in ("proj", "lora", "lm", "vit", "head")}
-    assert study | {"multimodal/coco-opt-6.7b-lora", "multimodal/coco-llama-2-7b-lora", "multimodal/coco-mpt-7b-lora",
-                    "multimodal/coco-m3it-llama-2-7b-lora", "smoke/caption-lora", "smoke/caption-qlora"} <= names
+    assert (
+        study
+        | {
+            "multimodal/coco-opt-6.7b-lora",
+            "multimodal/coco-llama-2-7b-lora",
+            "multimodal/coco-mpt-7b-lora",
+            "multimodal/coco-m3it-llama-2-7b-lora",
+            "smoke/caption-lora",
+            "smoke/caption-qlora",
+        }
+        <= names
+    )
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from tests.helpers import PROBE, RECIPES, call_main, probe_logits, reload_logits
 
 SMOKE = RECIPES / "smoke" / "sft-lora.yaml"
 
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke") / "run"
@@ -32,8 +33,17 @@ def test_loss_falls_and_summary_is_complete(smoke_run):
     assert summary["status"] == "completed"
     assert summary["final_loss"] < 0.5 * summary["first_loss"]
     assert summary["final_eval_loss"] is not None and summary["final_eval_perplexity"] > 1
-    for key in ("steps", "tokens", "tokens_per_s", "padding_fraction", "step_time_s", "peak_memory_bytes",
-                "train_seconds", "wall_time_s", "parameters"):  # fmt: skip
+    for key in (
+        "steps",
+        "tokens",
+        "tokens_per_s",
+        "padding_fraction",
+        "step_time_s",
+        "peak_memory_bytes",
+        "train_seconds",
+        "wall_time_s",
+        "parameters",
+    ):
         assert summary[key] is not None, key
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["status"] == "completed" and on_disk["final_loss"] == summary["final_loss"]
@@ -67,9 +77,11 @@ def test_trained_model_answers_and_stops(smoke_run):
 
     out, _, _ = smoke_run
     tok = AutoTokenizer.from_pretrained(out)
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(builtin_path("builtin:tiny-llama")), out)
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(builtin_path("builtin:tiny-llama")), out
+    )
     ids = tok(PROBE, return_tensors="pt", add_special_tokens=False)["input_ids"]
-    generated = model.generate(input_ids=ids, max_new_tokens=60, do_sample=False)[0, ids.shape[1]:]
+    generated = model.generate(input_ids=ids, max_new_tokens=60, do_sample=False)[0, ids.shape[1] :]
     text = tok.decode(generated)
     # it learned the answer's shape and to end its turn (the end-of-turn token was a label)
     assert text.startswith("The capital of") and "<|im_end|>" in text

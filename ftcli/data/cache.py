@@ -12,8 +12,17 @@ from pathlib import Path
 from ftcli import paths
 from ftcli.paths import writable_dir
 
-# Bump when tokenization/packing code changes what it produces, so stale caches are not reused.
-DATA_FORMAT_VERSION = 1
+
+def data_code_version() -> str:
+    """A digest of the data layer's own code: whatever changes how rows become tokens (formats, templates,
+    tokenization, packing, pairs, images) changes it, so a cache made by other code is never reused."""
+    digest = hashlib.sha256()
+    for module in [
+        *sorted(Path(__file__).parent.glob("*.py")),
+        Path(__file__).parents[1] / "recipe" / "registry.py",
+    ]:
+        digest.update(module.name.encode() + b"\0" + module.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def data_cache_root(cache_dir: str | None) -> Path:
@@ -45,7 +54,7 @@ def source_fingerprint(path: str) -> list:
 
 
 def fingerprint(payload: dict) -> str:
-    blob = json.dumps({"version": DATA_FORMAT_VERSION, **payload}, sort_keys=True, default=str)
+    blob = json.dumps({"code": data_code_version(), **payload}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 

@@ -76,4 +76,9 @@ class ImageCollator(_RightPadding):
         attention_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
         images = [load_rgb(e["image"]) for e in examples]
         pixel_values = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask, "pixel_values": pixel_values}
+        return {
+            "input_ids": input_ids,
+            "labels": labels,
+            "attention_mask": attention_mask,
+            "pixel_values": pixel_values,
+        }

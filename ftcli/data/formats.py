@@ -1,6 +1,7 @@
 """Format adapters: one raw dataset row -> ftcli's canonical row, with the recipe's column mapping applied.
 
-Canonical rows: text -> {"text"}; chat and instruction -> {"messages": [{"role", "content"}, ...]};
+Each format's spec (recipe/registry.py) names its row function here. Canonical rows: text -> {"text"}; chat and
+instruction -> {"messages": [{"role", "content"[, "tool_calls"]}, ...][, "tools"]};
 completion -> {"prompt", "completion"}; preference -> {"prompt", "chosen", "rejected", "margin"}, where each side is
 a string or a message list (see `_preference`). Image formats add {"image", "image_column"} to a completion
 (caption) or messages (image_instruction, image_chat) row.
@@ -13,9 +14,16 @@ import re
 from typing import Any
 
 ROLE_ALIASES = {
-    "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "bot": "assistant",
-    "model": "assistant", "system": "system", "tool": "tool", "function": "tool",
-}  # fmt: skip
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "bot": "assistant",
+    "model": "assistant",
+    "system": "system",
+    "tool": "tool",
+    "function": "tool",
+}
 
 
 class BadRow(ValueError):
@@ -25,28 +33,84 @@ class BadRow(ValueError):
 
 
 def canonical_row(fmt: str, row: dict, columns: dict[str, str]) -> dict:
-    col = lambda name: columns.get(name, name)
-    if fmt == "text":
-        return {"text": _text(row, col("text"), allow_empty=True)}  # empty documents are dropped, not errors
-    if fmt == "completion":
-        return {"prompt": _text(row, col("prompt"), allow_empty=True), "completion": _text(row, col("completion"))}
-    if fmt == "instruction":
-        return {"messages": _instruction_messages(row, col)}
-    if fmt == "chat":
-        return {"messages": parse_messages(row.get(col("messages")), col("messages"), col("role"), col("content"))}
-    if fmt == "preference":
-        return _preference(row, col)
-    image = {"image": row.get(col("image")), "image_column": col("image")}  # resolved by data/images.py
-    if fmt == "caption":
-        return {**image, "prompt": "", "completion": _text(row, col("caption"))}
-    if fmt == "image_instruction":
-        return {**image, "messages": _instruction_messages(row, col)}
-    if fmt == "image_chat":
-        names = (col("messages"), col("role"), col("content"))
-        if names[0] not in row and "conversations" in row and "messages" not in columns:
-            names = ("conversations", "from", "value")  # LLaVA's layout, found without a columns mapping
-        return {**image, "messages": parse_messages(row.get(names[0]), *names)}
-    raise ValueError(f"unknown format {fmt}")
+    """The canonical row of `row` in format `fmt` (its spec's row function: recipe/registry.py)."""
+    return row_reader(fmt)(row, columns)
+
+
+def row_reader(fmt: str):
+    from ftcli.recipe.registry import FORMATS, load
+
+    return load(FORMATS[fmt].rows)
+
+
+def _columns(columns: dict[str, str]):
+    return lambda name: columns.get(name, name)
+
+
+def text_row(row: dict, columns: dict) -> dict:
+    return {"text": _text(row, _columns(columns)("text"), allow_empty=True)}  # empty documents are dropped
+
+
+def completion_row(row: dict, columns: dict) -> dict:
+    col = _columns(columns)
+    return {
+        "prompt": _text(row, col("prompt"), allow_empty=True),
+        "completion": _text(row, col("completion")),
+    }
+
+
+def instruction_row(row: dict, columns: dict) -> dict:
+    return {"messages": _instruction_messages(row, _columns(columns))}
+
+
+def chat_row(row: dict, columns: dict) -> dict:
+    """Messages, with function calling where the data has it: assistant `tool_calls`, `tool` turns, and the row's
+    `tools` (their JSON schemas), all rendered by the chat template."""
+    col = _columns(columns)
+    out = {"messages": parse_messages(row.get(col("messages")), col("messages"), col("role"), col("content"))}
+    tools = row.get(col("tools"))
+    if tools is not None:
+        out["tools"] = _tools(tools, col("tools"))
+    return out
+
+
+def preference_row(row: dict, columns: dict) -> dict:
+    return _preference(row, _columns(columns))
+
+
+def _image(row: dict, col) -> dict:
+    return {"image": row.get(col("image")), "image_column": col("image")}  # resolved by data/images.py
+
+
+def caption_row(row: dict, columns: dict) -> dict:
+    col = _columns(columns)
+    return {**_image(row, col), "prompt": "", "completion": _text(row, col("caption"))}
+
+
+def image_instruction_row(row: dict, columns: dict) -> dict:
+    col = _columns(columns)
+    return {**_image(row, col), "messages": _instruction_messages(row, col)}
+
+
+def image_chat_row(row: dict, columns: dict) -> dict:
+    col = _columns(columns)
+    names = (col("messages"), col("role"), col("content"))
+    if names[0] not in row and "conversations" in row and "messages" not in columns:
+        names = ("conversations", "from", "value")  # LLaVA's layout, found without a columns mapping
+    return {**_image(row, col), "messages": parse_messages(row.get(names[0]), *names)}
+
+
+def _tools(value, field: str) -> list[dict]:
+    if isinstance(value, str):  # often stored as a JSON string
+        import json
+
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise BadRow(field, "neither a list of tool schemas nor JSON text of one") from None
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise BadRow(field, "expected a list of tool (function) schemas")
+    return value
 
 
 def _text(row: dict, field: str, allow_empty: bool = False) -> str:
@@ -68,7 +132,10 @@ def _instruction_messages(row: dict, col) -> list[dict]:
     system = row.get(col("system"))
     messages = [{"role": "system", "content": system}] if isinstance(system, str) and system.strip() else []
     user = f"{instruction}\n\n{extra}" if extra and extra.strip() else instruction
-    messages += [{"role": "user", "content": user}, {"role": "assistant", "content": _text(row, col("output"))}]
+    messages += [
+        {"role": "user", "content": user},
+        {"role": "assistant", "content": _text(row, col("output"))},
+    ]
     return messages
 
 
@@ -151,7 +218,9 @@ def _common_prefix(a, b) -> int:
     return n
 
 
-def parse_messages(value: Any, field: str, role_key: str, content_key: str, require_assistant: bool = True) -> list[dict]:
+def parse_messages(
+    value: Any, field: str, role_key: str, content_key: str, require_assistant: bool = True
+) -> list[dict]:
     if value is None:
         raise BadRow(field, "missing; map it with data.columns.messages if the dataset names it differently")
     if not isinstance(value, list) or not value:
@@ -165,13 +234,27 @@ def parse_messages(value: Any, field: str, role_key: str, content_key: str, requ
             raise BadRow(f"{where}.{role_key}", "missing role; map it with data.columns.role")
         role = ROLE_ALIASES.get(str(message[role_key]).lower())
         if role is None:
-            raise BadRow(f"{where}.{role_key}", f"unknown role {message[role_key]!r} (use user, assistant, system)")
+            raise BadRow(
+                f"{where}.{role_key}", f"unknown role {message[role_key]!r} (use user, assistant, system)"
+            )
+        calls = message.get("tool_calls")
+        if calls is not None and (role != "assistant" or not isinstance(calls, list) or not calls):
+            raise BadRow(f"{where}.tool_calls", "expected a non-empty list, on an assistant message")
         content = message.get(content_key)
+        if content is None and calls:  # an assistant turn that only calls tools
+            content = ""
         if not isinstance(content, str):
             raise BadRow(f"{where}.{content_key}", "missing or not text; map it with data.columns.content")
-        if role == "assistant" and not content.strip():
+        if role == "assistant" and not content.strip() and not calls:
             raise BadRow(f"{where}.{content_key}", "empty assistant answer")
-        out.append({"role": role, "content": content})
+        parsed = {"role": role, "content": content}
+        if calls:
+            parsed["tool_calls"] = calls
+        if role == "tool":  # which call it answers, as the templates that render tool turns read it
+            parsed.update(
+                {k: message[k] for k in ("name", "tool_call_id") if isinstance(message.get(k), str)}
+            )
+        out.append(parsed)
     if require_assistant and not any(m["role"] == "assistant" for m in out):
         raise BadRow(field, "no assistant message to learn from")
     return out

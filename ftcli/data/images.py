@@ -49,8 +49,11 @@ def coco_rows(path: Path) -> list[dict] | None:
     rows = []
     for i, note in enumerate(body["annotations"]):
         if not isinstance(note, dict) or note.get("image_id") not in files:
-            raise DataError(f"annotations[{i}]: image_id {note.get('image_id') if isinstance(note, dict) else None!r}"
-                            " is not in images", file=str(path))  # fmt: skip
+            raise DataError(
+                f"annotations[{i}]: image_id {note.get('image_id') if isinstance(note, dict) else None!r}"
+                " is not in images",
+                file=str(path),
+            )
         rows.append({"image": files[note["image_id"]], "caption": note.get("caption")})
     return rows
 
@@ -127,7 +130,9 @@ def _embedded(value, column: str) -> bytes | None:
     # M3IT-style raw base64: long, and without the "." every image file name has (base64 has no ".")
     if isinstance(value, str) and (value.startswith("data:image") or (len(value) >= 64 and "." not in value)):
         try:
-            return base64.b64decode(value.split(",", 1)[1] if value.startswith("data:") else value, validate=True)
+            return base64.b64decode(
+                value.split(",", 1)[1] if value.startswith("data:") else value, validate=True
+            )
         except (binascii.Error, ValueError, IndexError):
             raise BadRow(column, "neither an image path nor a base64-encoded image") from None
     return None
@@ -141,7 +146,9 @@ def _unreadable(source) -> str | None:
         with _no_bombs(), Image.open(source) as image:
             image.verify()
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-        return f"too large: over {Image.MAX_IMAGE_PIXELS:,} pixels, Pillow's limit against decompression bombs"
+        return (
+            f"too large: over {Image.MAX_IMAGE_PIXELS:,} pixels, Pillow's limit against decompression bombs"
+        )
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         return f"not a readable image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
     return None
@@ -168,7 +175,12 @@ def load_rgb(path: str):
     try:
         with _no_bombs(), Image.open(source) as image:
             return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        Image.DecompressionBombWarning,
+        Image.DecompressionBombError,
+    ) as exc:
         raise DataError(
             f"cannot read image ({str(exc).splitlines()[0]}); re-run `ftcli prepare`", file=path
         ) from None

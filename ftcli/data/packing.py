@@ -31,7 +31,9 @@ def plan_bins(lengths: list[int], capacity: int) -> list[list[int]]:
     return bins
 
 
-def pack_rows(input_ids: list[list[int]], labels: list[list[int]], capacity: int, seed: int) -> dict[str, list]:
+def pack_rows(
+    input_ids: list[list[int]], labels: list[list[int]], capacity: int, seed: int
+) -> dict[str, list]:
     """Columns of packed rows: input_ids, labels (first token of each row unlabelled) and seq_lengths."""
     bins = plan_bins([len(x) for x in input_ids], capacity)
     random.Random(seed).shuffle(bins)  # no length curriculum: big and small bins interleave

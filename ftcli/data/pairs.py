@@ -32,7 +32,9 @@ class PairTokenizer:
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         names = list(batch)
-        out: dict[str, list] = {k: [] for k in (*PAIR_COLUMNS, "margin", "status", "raw_length", "__row", "error")}
+        out: dict[str, list] = {
+            k: [] for k in (*PAIR_COLUMNS, "margin", "status", "raw_length", "__row", "error")
+        }
         for values in zip(*batch.values()):
             row = dict(zip(names, values))
             try:
@@ -53,7 +55,9 @@ class PairTokenizer:
 
     def _encode(self, pair: dict):
         # texts longer than a pair can hold are cut first: the prompt keeps its end, answers their beginning
-        prompt_cap, answer_cap = (char_budget(self.tokenizer, n) for n in (self.max_prompt_length, self.max_length))
+        prompt_cap, answer_cap = (
+            char_budget(self.tokenizer, n) for n in (self.max_prompt_length, self.max_length)
+        )
         prompt = _capped(pair["prompt"], prompt_cap, keep_end=True)
         chosen, rejected = (_capped(pair[side], answer_cap) for side in ("chosen", "rejected"))
         return self._fit(*self.encode(prompt, [chosen, rejected]))
@@ -64,7 +68,9 @@ class PairTokenizer:
         tok = self.tokenizer
         chat = any(isinstance(x, list) for x in (prompt, *answers))
         if chat and self.template is None:
-            raise BadRow("chosen", "conversational pairs need a chat template; set data.template (e.g. chatml)")
+            raise BadRow(
+                "chosen", "conversational pairs need a chat template; set data.template (e.g. chatml)"
+            )
         if self.template is not None:
             as_list = lambda side, role: side if isinstance(side, list) else [{"role": role, "content": side}]
             messages = as_list(prompt, "user")
@@ -73,8 +79,11 @@ class PairTokenizer:
             for name, answer in zip(("chosen", "rejected", "response"), answers):
                 full = self._apply(messages + as_list(answer, "assistant"), False)
                 if not full.startswith(prompt_text):
-                    raise BadRow(name, "the chat template renders the prompt differently inside the conversation; "
-                                       "set data.template (e.g. chatml)")  # fmt: skip
+                    raise BadRow(
+                        name,
+                        "the chat template renders the prompt differently inside the conversation; "
+                        "set data.template (e.g. chatml)",
+                    )
                 texts.append(full[len(prompt_text) :])
             prompt_ids = tok(prompt_text, add_special_tokens=False)["input_ids"]
         else:
@@ -91,7 +100,11 @@ class PairTokenizer:
         raw = len(prompt) + max(len(chosen), len(rejected))
         answer_cap = self.max_completion_length or self.max_length
         status = OK
-        if raw > self.max_length or len(prompt) > self.max_prompt_length or max(map(len, (chosen, rejected))) > answer_cap:
+        if (
+            raw > self.max_length
+            or len(prompt) > self.max_prompt_length
+            or max(map(len, (chosen, rejected))) > answer_cap
+        ):
             if self.overlong == "drop":
                 return [], [], [], DROPPED_OVERLONG, raw
             prompt = prompt[-self.max_prompt_length :]

@@ -36,7 +36,8 @@ from ftcli.data.tokenize import (
     RowTokenizer,
 )
 from ftcli.errors import DataError
-from ftcli.recipe.schema import ALIGN_TASKS, IMAGE_FORMATS, DataSource, Recipe
+from ftcli.recipe.registry import FORMATS, TASKS
+from ftcli.recipe.schema import DataSource, Recipe
 
 KEEP = (OK, TRUNCATED, SPLIT)
 
@@ -54,10 +55,9 @@ class PreparedData:
 
 def prepare_data(recipe: Recipe, tokenizer, log: Callable[[str], None] = lambda _: None) -> PreparedData:
     data = recipe.data
-    packed = recipe.packing_enabled()
-    pairs = recipe.task in ALIGN_TASKS
-    needs_template = any((s.format or data.format) in ("chat", "instruction", "image_instruction", "image_chat")
-                         for s in _all_sources(recipe))  # fmt: skip
+    packed = data.packing
+    pairs = TASKS[recipe.task].pairs
+    needs_template = any(FORMATS[s.format or data.format].templated for s in _all_sources(recipe))
     if pairs:  # preference pairs use a chat template when there is one, else raw text
         needs_template = bool(data.template or getattr(tokenizer, "chat_template", None))
     template = resolve_template(data.template, tokenizer) if needs_template else None
@@ -66,7 +66,9 @@ def prepare_data(recipe: Recipe, tokenizer, log: Callable[[str], None] = lambda 
             "data": data.model_dump(mode="json", exclude={"cache_dir", "num_proc"}),
             "task": recipe.task,
             "packed": packed,
-            "pair_lengths": [recipe.max_prompt_length(), recipe.align.max_completion_length] if pairs else None,
+            "pair_lengths": [recipe.align.max_prompt_length, recipe.align.max_completion_length]
+            if pairs
+            else None,
             "template": template,
             "caption_prompt": recipe.multimodal.caption_prompt if recipe.multimodal else None,
             "tokenizer": tokenizer_fingerprint(tokenizer),
@@ -88,9 +90,13 @@ def prepare_data(recipe: Recipe, tokenizer, log: Callable[[str], None] = lambda 
     for group, sources in (("sources", data.sources), ("eval_sources", data.eval_sources)):
         for i, src in enumerate(sources):
             log(f"tokenizing {src.path}")
-            part, counts = _tokenize_source(recipe, src, f"data.{group}.{i}", tokenizer, template, root / "sources")
+            part, counts = _tokenize_source(
+                recipe, src, f"data.{group}.{i}", tokenizer, template, root / "sources"
+            )
             (train_parts if group == "sources" else eval_parts).append(part)
-            source_stats.append({"path": src.path, "split": "train" if group == "sources" else "eval", **counts})
+            source_stats.append(
+                {"path": src.path, "split": "train" if group == "sources" else "eval", **counts}
+            )
 
     train = datasets.concatenate_datasets(train_parts) if len(train_parts) > 1 else train_parts[0]
     if len(train) == 0:
@@ -101,7 +107,9 @@ def prepare_data(recipe: Recipe, tokenizer, log: Callable[[str], None] = lambda 
     elif data.eval_fraction:
         if len(train) < 2:
             raise DataError("too few rows to hold out an eval split; lower data.eval_fraction or add data")
-        split = train.train_test_split(test_size=max(1, round(len(train) * data.eval_fraction)), seed=data.seed)
+        split = train.train_test_split(
+            test_size=max(1, round(len(train) * data.eval_fraction)), seed=data.seed
+        )
         train, evaluation = split["train"], split["test"]
     if len(train) == 0:
         raise DataError("no training rows left after tokenization (all dropped or bad); see `ftcli prepare`")
@@ -147,13 +155,22 @@ def _tokenize_source(recipe: Recipe, src: DataSource, key: str, tokenizer, templ
         ds = ds.select([i % len(ds) for i in range(n)])
     fmt = src.format or data.format
     columns = src.columns if src.columns is not None else data.columns
-    if recipe.task in ALIGN_TASKS:
-        tokenize = PairTokenizer(tokenizer, columns, template, data.max_length, recipe.max_prompt_length(),
-                                 data.overlong, recipe.align.max_completion_length)  # fmt: skip
+    images = FORMATS[fmt].images
+    if TASKS[recipe.task].pairs:
+        tokenize = PairTokenizer(
+            tokenizer,
+            columns,
+            template,
+            data.max_length,
+            recipe.align.max_prompt_length,
+            data.overlong,
+            recipe.align.max_completion_length,
+        )
     else:
-        images = _image_rows(recipe, src, tokenizer) if fmt in IMAGE_FORMATS else None
-        tokenize = RowTokenizer(tokenizer, fmt, columns, template, data.train_on, data.max_length, data.overlong,
-                                images)  # fmt: skip
+        images = _image_rows(recipe, src, tokenizer) if images else None
+        tokenize = RowTokenizer(
+            tokenizer, fmt, columns, template, data.train_on, data.max_length, data.overlong, images
+        )
     num_proc = data.num_proc if data.num_proc and data.num_proc > 1 else None
     out = ds.map(tokenize, batched=True, batch_size=256, remove_columns=ds.column_names, num_proc=num_proc)
     statuses = out["status"]
@@ -169,16 +186,20 @@ def _tokenize_source(recipe: Recipe, src: DataSource, key: str, tokenizer, templ
             )
     keep = [i for i, s in enumerate(statuses) if s in KEEP]
     out = out.select(keep)
-    if recipe.task in ALIGN_TASKS:
+    if TASKS[recipe.task].pairs:
         margins = out["margin"]
         has_margin = any(m is not None for m in margins)
         if has_margin and any(m is None for m in margins):
             first = next(i for i, m in enumerate(margins) if m is None)
-            raise DataError("margin missing on some rows but not others", file=src.path, row=out[first][ROW],
-                            field=columns.get("margin", "margin"))  # fmt: skip
+            raise DataError(
+                "margin missing on some rows but not others",
+                file=src.path,
+                row=out[first][ROW],
+                field=columns.get("margin", "margin"),
+            )
         out = out.select_columns([*PAIR_COLUMNS, *(["margin"] if has_margin else [])])
     else:
-        out = out.select_columns(["input_ids", "labels", *(["image"] if fmt in IMAGE_FORMATS else [])])
+        out = out.select_columns(["input_ids", "labels", *(["image"] if FORMATS[fmt].images else [])])
     return out, {
         "rows_read": rows_read,
         "rows_used": len(ds),
@@ -194,8 +215,12 @@ def _tokenize_source(recipe: Recipe, src: DataSource, key: str, tokenizer, templ
 def _image_rows(recipe: Recipe, src: DataSource, tokenizer) -> ImageRows:
     local = Path(src.path)
     image_dir = src.image_dir or (str(local.parent if local.is_file() else local) if local.exists() else None)
-    return ImageRows(image_dir, recipe.data.allow_images_outside, begin_token_id(tokenizer),
-                     recipe.multimodal.caption_prompt)  # fmt: skip
+    return ImageRows(
+        image_dir,
+        recipe.data.allow_images_outside,
+        begin_token_id(tokenizer),
+        recipe.multimodal.caption_prompt,
+    )
 
 
 def _pack(ds, max_length: int, seed: int):
@@ -229,9 +254,14 @@ def _pair_stats(ds) -> dict:
         "label_tokens": sum(answers),
         "prompt_length_p50": pick(0.5),
         "prompt_length_max": prompts[-1] if prompts else 0,
-        "longest_pair": max((p + max(len(c), len(r)) for p, c, r in
-                             zip(map(len, ds["prompt_ids"]), ds["chosen_ids"], ds["rejected_ids"])), default=0),
-    }  # fmt: skip
+        "longest_pair": max(
+            (
+                p + max(len(c), len(r))
+                for p, c, r in zip(map(len, ds["prompt_ids"]), ds["chosen_ids"], ds["rejected_ids"])
+            ),
+            default=0,
+        ),
+    }
 
 
 def _packing_stats(packed, max_length: int) -> dict:

@@ -11,7 +11,14 @@ from ftcli.data.images import coco_rows
 from ftcli.errors import DataError
 from ftcli.recipe.schema import DataSource
 
-BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+BUILDERS = {
+    ".jsonl": "json",
+    ".json": "json",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".arrow": "arrow",
+    ".txt": "text",
+}
 ROW = "__row"  # 1-based row number inside its source, kept for error messages
 
 
@@ -29,10 +36,13 @@ def load_source(src: DataSource, key: str, cache_dir: Path):
         builder = BUILDERS[files[0].suffix]
         library_logs = logging.getLogger("datasets")
         level = library_logs.level
-        library_logs.setLevel(logging.CRITICAL)  # a bad file is reported below, by row, not as datasets' traceback
+        library_logs.setLevel(
+            logging.CRITICAL
+        )  # a bad file is reported below, by row, not as datasets' traceback
         try:
-            ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train",
-                                       cache_dir=str(cache_dir))  # fmt: skip
+            ds = datasets.load_dataset(
+                builder, data_files=[str(f) for f in files], split="train", cache_dir=str(cache_dir)
+            )
         except Exception as exc:  # noqa: BLE001 - datasets raises many types for one bad file
             raise _explain_load_failure(files, exc) from None
         finally:
@@ -57,10 +67,14 @@ def _local_files(path: Path, key: str) -> list[Path]:
             raise DataError(f"no {'/'.join(BUILDERS)} files in this folder ({key}.path)", file=str(path))
         kinds = {BUILDERS[f.suffix] for f in files}
         if len(kinds) > 1:
-            raise DataError(f"folder mixes file types {sorted(kinds)}; use one source per type", file=str(path))
+            raise DataError(
+                f"folder mixes file types {sorted(kinds)}; use one source per type", file=str(path)
+            )
         return files
     if path.suffix not in BUILDERS:
-        raise DataError(f"unsupported file type {path.suffix!r}; use one of {', '.join(BUILDERS)}", file=str(path))
+        raise DataError(
+            f"unsupported file type {path.suffix!r}; use one of {', '.join(BUILDERS)}", file=str(path)
+        )
     return [path]
 
 
@@ -75,14 +89,18 @@ def _explain_load_failure(files: list[Path], exc: Exception) -> DataError:
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as err:
-                    return DataError(f"line {line_no} is not UTF-8 (byte 0x{raw[err.start]:02x} at column "
-                                     f"{err.start + 1}); re-encode the file as UTF-8", file=str(file))  # fmt: skip
+                    return DataError(
+                        f"line {line_no} is not UTF-8 (byte 0x{raw[err.start]:02x} at column "
+                        f"{err.start + 1}); re-encode the file as UTF-8",
+                        file=str(file),
+                    )
                 if file.suffix == ".jsonl" and line.strip():
                     try:
                         value = json.loads(line)
                     except json.JSONDecodeError as err:
-                        return DataError(f"line {line_no} is not valid JSON ({err.msg}); fix or remove it",
-                                         file=str(file))  # fmt: skip
+                        return DataError(
+                            f"line {line_no} is not valid JSON ({err.msg}); fix or remove it", file=str(file)
+                        )
                     if not isinstance(value, dict):
                         return DataError(f"line {line_no} is not a JSON object", file=str(file))
     cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

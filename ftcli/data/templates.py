@@ -9,9 +9,7 @@ from __future__ import annotations
 from ftcli.data.formats import BadRow
 from ftcli.errors import RecipeError
 
-ALPACA_PREAMBLE = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
-)
+ALPACA_PREAMBLE = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 NAMED_TEMPLATES = {
     "chatml": (
         "{% for message in messages %}"
@@ -63,11 +61,68 @@ def resolve_template(template: str | None, tokenizer) -> str:
     )
 
 
-def render_chat(tokenizer, template: str, messages: list[dict], add_generation_prompt: bool, field="messages") -> str:
+def render_chat(
+    tokenizer,
+    template: str,
+    messages: list[dict],
+    add_generation_prompt: bool,
+    field="messages",
+    tools: list | None = None,
+) -> str:
     """The template applied to a conversation; a template's own raise_exception or a Jinja error is a bad row."""
     try:
         return tokenizer.apply_chat_template(
-            messages, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
+            messages,
+            chat_template=template,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            **({"tools": tools} if tools else {}),
         )
     except Exception as exc:  # noqa: BLE001
         raise BadRow(field, f"chat template rejected this conversation: {exc}") from None
+
+
+_PROBE_NAME = "ftcli_probe_function"
+_RENDERS_TOOLS: dict = {}
+
+
+def check_renders_tools(tokenizer, template: str, calls: bool, schemas: bool) -> None:
+    """Rows with tool calls or tool schemas need a template that renders them (the model's own template for Qwen2.5,
+    Llama 3.1, Mistral and others does; ChatML as ftcli ships it does not): without it they would be dropped from
+    the text in silence, and the model would learn answers with its calls cut out."""
+    if template not in _RENDERS_TOOLS:
+        call = {"type": "function", "function": {"name": _PROBE_NAME, "arguments": {"x": 1}}}
+        schema = {
+            "type": "function",
+            "function": {
+                "name": _PROBE_NAME + "_schema",
+                "description": "probe",
+                "parameters": {"type": "object", "properties": {}},
+            },
+        }
+        probe = [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+        ]
+        try:
+            text = tokenizer.apply_chat_template(
+                probe, chat_template=template, tools=[schema], tokenize=False
+            )
+        except Exception:  # noqa: BLE001 - a template that cannot take them does not render them
+            text = ""
+        _RENDERS_TOOLS[template] = (_PROBE_NAME in text, _PROBE_NAME + "_schema" in text)
+    renders_calls, renders_schemas = _RENDERS_TOOLS[template]
+    missing = (
+        "tool calls"
+        if calls and not renders_calls
+        else "tool schemas (the row's tools)"
+        if (schemas and not renders_schemas)
+        else None
+    )
+    if missing:
+        raise BadRow(
+            "messages",
+            f"the chat template does not render {missing}, so they would vanish from the "
+            "training text; use a template that renders them (the model's own, e.g. Qwen2.5 or Llama "
+            "3.1), or remove them from the data",
+        )

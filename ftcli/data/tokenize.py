@@ -13,9 +13,10 @@ from __future__ import annotations
 import weakref
 from dataclasses import dataclass
 
-from ftcli.data.formats import BadRow, canonical_row
+from ftcli.data.formats import BadRow, row_reader
 from ftcli.data.images import ImageRows
-from ftcli.data.templates import render_chat
+from ftcli.data.templates import check_renders_tools, render_chat
+from ftcli.recipe.registry import FORMATS
 
 IGNORE = -100
 OK, TRUNCATED, SPLIT = "ok", "truncated", "split"
@@ -57,16 +58,22 @@ class RowTokenizer:
     overlong: str  # truncate | drop
     images: ImageRows | None = None  # image formats (task: caption): rows also carry their image's path
 
+    def __post_init__(self):
+        self.encoding = FORMATS[self.fmt].encoding  # text | completion | chat (recipe/registry.py)
+        self.read_row = row_reader(self.fmt)
+
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         names = list(batch)
         rows = [dict(zip(names, values)) for values in zip(*batch.values())]
-        out: dict[str, list] = {k: [] for k in ("input_ids", "labels", "status", "raw_length", "__row", "error")}
+        out: dict[str, list] = {
+            k: [] for k in ("input_ids", "labels", "status", "raw_length", "__row", "error")
+        }
         if self.images:
             out["image"] = []
         canon, errors = [], []
         for row in rows:
             try:
-                c = self._bounded(canonical_row(self.fmt, row, self.columns))
+                c = self._bounded(self.read_row(row, self.columns))
                 if self.images:
                     c = self._with_image(c)
                 canon.append(c)
@@ -89,7 +96,7 @@ class RowTokenizer:
 
     def _bounded(self, c: dict) -> dict:
         """Every text but pretraining documents (which are split, every token kept) cut to what a row can hold."""
-        if self.fmt == "text":
+        if self.encoding == "text":
             return c
         budget = char_budget(self.tokenizer, self.max_length)
         if "messages" in c:
@@ -121,9 +128,9 @@ class RowTokenizer:
     # --- encoders: each returns, per canonical row, a list of (ids, labels, status, raw_length) or a BadRow ---
 
     def _encode(self, canon: list[dict]) -> list:
-        if self.fmt == "text":
+        if self.encoding == "text":
             return self._encode_text(canon)
-        if self.fmt in ("completion", "caption"):
+        if self.encoding == "completion":
             return self._encode_completion(canon)
         return self._encode_chat(canon)
 
@@ -161,7 +168,7 @@ class RowTokenizer:
         texts, spans, failures = [], [], {}
         for i, c in enumerate(canon):
             try:
-                text, row_spans = self._render(c["messages"])
+                text, row_spans = self._render(c["messages"], c.get("tools"))
             except BadRow as bad:
                 failures[i] = bad
                 text, row_spans = "", []
@@ -179,7 +186,9 @@ class RowTokenizer:
             if self.train_on == "all":
                 labels = list(ids)
             else:
-                labels = [t if any(s <= o[0] < e for s, e in row_spans) else IGNORE for t, o in zip(ids, offsets)]
+                labels = [
+                    t if any(s <= o[0] < e for s, e in row_spans) else IGNORE for t, o in zip(ids, offsets)
+                ]
             # A model must learn to stop: if the template ends the last answer without any special (end-of-turn)
             # token and nothing follows it, append EOS as a label.
             if row_spans and row_spans[-1][1] == len(texts[i]):
@@ -190,8 +199,13 @@ class RowTokenizer:
             results.append(self._fit(*self._begin(ids, labels)))
         return results
 
-    def _render(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-        render = self._apply
+    def _render(self, messages: list[dict], tools: list | None = None) -> tuple[str, list[tuple[int, int]]]:
+        calls = any("tool_calls" in m for m in messages)
+        if tools or calls:
+            check_renders_tools(self.tokenizer, self.template, calls, bool(tools))
+        render = lambda part, generation_prompt: render_chat(
+            self.tokenizer, self.template, part, generation_prompt, tools=tools
+        )
         full = render(messages, False)
         row_spans = []
         for i, message in enumerate(messages):
@@ -207,9 +221,6 @@ class RowTokenizer:
                 )
             row_spans.append((len(start), len(end)))
         return full, row_spans
-
-    def _apply(self, messages: list[dict], add_generation_prompt: bool) -> str:
-        return render_chat(self.tokenizer, self.template, messages, add_generation_prompt)
 
     def _begin(self, ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
         """Image rows: text after the image starts with a begin token, so generation always has one to start from

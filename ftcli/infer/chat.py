@@ -16,7 +16,9 @@ def chat(model, tokenizer, spec: InferSpec, template: str | None) -> None:
     from transformers import TextStreamer
 
     if template is None:
-        raise UserError("--chat needs a chat template: the model has none and the recipe sets no data.template")
+        raise UserError(
+            "--chat needs a chat template: the model has none and the recipe sets no data.template"
+        )
     spec = spec.model_copy(update={"batch_size": 1, "num_return_sequences": 1})
     messages: list[dict] = []
     tty = sys.stdin.isatty()
@@ -34,7 +36,8 @@ def chat(model, tokenizer, spec: InferSpec, template: str | None) -> None:
             continue
         messages.append({"role": "user", "content": line.rstrip("\n")})
         streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        result = next(generate(model, tokenizer, [Item(0, {"messages": messages}, "chat")], spec, template, streamer))
+        result = next(
+            generate(model, tokenizer, [Item(0, {"messages": messages}, "chat")], spec, template, streamer)
+        )
         sys.stdout.flush()
         messages.append({"role": "assistant", "content": result["output"]})
-

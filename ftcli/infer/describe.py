@@ -18,14 +18,17 @@ from ftcli.models.multimodal import image_token_count
 from ftcli.recipe.schema import InferSpec, Recipe
 
 
-def describe(model, tokenizer, processor, items: list[Item], spec: InferSpec, template: str | None,
-             recipe: Recipe) -> Iterator[dict]:  # fmt: skip
+def describe(
+    model, tokenizer, processor, items: list[Item], spec: InferSpec, template: str | None, recipe: Recipe
+) -> Iterator[dict]:
     import torch
 
     missing = next((item for item in items if "image" not in item.fields), None)
     if missing is not None:
-        raise UserError(f"{missing.where}: a caption model answers about an image; give --image PATH (or an "
-                        "'image' field in --input rows)")  # fmt: skip
+        raise UserError(
+            f"{missing.where}: a caption model answers about an image; give --image PATH (or an "
+            "'image' field in --input rows)"
+        )
     asks = any("prompt" in item.fields or "messages" in item.fields for item in items)
     stops = stop_ids(tokenizer, template if asks else None)
     kwargs = generation_kwargs(spec, tokenizer, stops)
@@ -46,10 +49,15 @@ def describe(model, tokenizer, processor, items: list[Item], spec: InferSpec, te
     for length, group in groups.items():
         for start in range(0, len(group), spec.batch_size):
             batch = group[start : start + spec.batch_size]
-            pixels = processor(images=[load_rgb(item.fields["image"]) for item, _ in batch], return_tensors="pt")
+            pixels = processor(
+                images=[load_rgb(item.fields["image"]) for item, _ in batch], return_tensors="pt"
+            )
             began = time.perf_counter()
-            out = model.generate(pixels["pixel_values"].to(device), torch.tensor([ids for _, ids in batch], device=device),
-                                 **kwargs)  # fmt: skip
+            out = model.generate(
+                pixels["pixel_values"].to(device),
+                torch.tensor([ids for _, ids in batch], device=device),
+                **kwargs,
+            )
             seconds = time.perf_counter() - began
             for row, ids in enumerate(out.tolist()):
                 item = batch[row // spec.num_return_sequences][0]

@@ -14,17 +14,22 @@ from pathlib import Path
 
 from ftcli.errors import UserError
 from ftcli.infer.load import load_for_inference
+from ftcli.recipe.registry import METHODS, TASKS
 from ftcli.recipe.schema import Recipe
 
 EXTRA = 'pip install "ftcli[eval]"'
 
 
 def check_evaluable(recipe: Recipe) -> None:
-    if recipe.task in ("caption", "reward"):
+    if not TASKS[recipe.task].evaluable:
         raise UserError(f"task {recipe.task}: lm-eval's tasks score a text LM's likelihoods and generations")
-    if recipe.method.type == "prompt":  # peft puts the virtual tokens' positions in front of the logits
-        raise UserError("a prompt-tuning run shifts its logits by its virtual tokens, which lm-eval would score "
-                        "at the wrong positions; evaluate LoRA, full or prefix runs")  # fmt: skip
+    if not METHODS[
+        recipe.method.type
+    ].evaluable:  # peft puts the virtual tokens' positions in front of the logits
+        raise UserError(
+            "a prompt-tuning run shifts its logits by its virtual tokens, which lm-eval would score "
+            "at the wrong positions; evaluate LoRA, full or prefix runs"
+        )
 
 
 def record(target: Path, result: dict) -> None:
@@ -45,14 +50,23 @@ def record(target: Path, result: dict) -> None:
         except (ValueError, UnicodeDecodeError) as exc:
             kept = history.with_name(f"eval.json.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
             history.rename(kept)
-            report.console.print(f"[yellow]warning: {history} could not be read ({exc}); kept as {kept.name}, "
-                                 "and a new history started[/]")  # fmt: skip
+            report.console.print(
+                f"[yellow]warning: {history} could not be read ({exc}); kept as {kept.name}, "
+                "and a new history started[/]"
+            )
             earlier = []
     report.write_json(history, [*earlier, {"target": str(target.resolve()), **result}])
 
 
-def run_eval(recipe: Recipe, tasks: list[str], include_path: str | None, limit: int | None, num_fewshot: int | None,
-             batch_size: int, base: Recipe | None = None) -> dict:  # fmt: skip
+def run_eval(
+    recipe: Recipe,
+    tasks: list[str],
+    include_path: str | None,
+    limit: int | None,
+    num_fewshot: int | None,
+    batch_size: int,
+    base: Recipe | None = None,
+) -> dict:
     """{"tasks", "limit", "num_fewshot", "model": {task: {metric: value}}, ["base": ...]}."""
     try:
         from lm_eval.tasks import TaskManager
@@ -71,7 +85,11 @@ def run_eval(recipe: Recipe, tasks: list[str], include_path: str | None, limit: 
         if not manager.match_tasks([task]):
             close = difflib.get_close_matches(task, manager.all_tasks, n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
-            where = f"lm-eval's registry or {folder}" if folder else "lm-eval's registry (local tasks: --include-path)"
+            where = (
+                f"lm-eval's registry or {folder}"
+                if folder
+                else "lm-eval's registry (local tasks: --include-path)"
+            )
             raise UserError(f"--tasks: {task!r} is not a task of {where}{hint}")
     result = {"tasks": tasks, "limit": limit, "num_fewshot": num_fewshot}
     for name, target in (("model", recipe), ("base", base)):
@@ -89,11 +107,22 @@ def _evaluate(recipe: Recipe, tasks, manager, folder, limit, num_fewshot, batch_
     model, tokenizer = load_for_inference(recipe)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     with _inside(folder):  # local tasks name their data_files relative to their folder
-        out = simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit, num_fewshot=num_fewshot,
-                              log_samples=False)  # fmt: skip
-    return {task: {metric.split(",")[0]: value for metric, value in metrics.items()
-                   if isinstance(value, (int, float)) and "," in metric}  # fmt: skip
-            for task, metrics in out["results"].items()}
+        out = simple_evaluate(
+            model=lm,
+            tasks=tasks,
+            task_manager=manager,
+            limit=limit,
+            num_fewshot=num_fewshot,
+            log_samples=False,
+        )
+    return {
+        task: {
+            metric.split(",")[0]: value
+            for metric, value in metrics.items()
+            if isinstance(value, (int, float)) and "," in metric
+        }
+        for task, metrics in out["results"].items()
+    }
 
 
 @contextlib.contextmanager

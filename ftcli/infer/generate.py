@@ -11,7 +11,9 @@ from ftcli.models.hardware import input_device
 from ftcli.recipe.schema import InferSpec
 
 
-def generate(model, tokenizer, items: list[Item], spec: InferSpec, template: str | None, stream=None) -> Iterator[dict]:
+def generate(
+    model, tokenizer, items: list[Item], spec: InferSpec, template: str | None, stream=None
+) -> Iterator[dict]:
     import torch
 
     stops = stop_ids(tokenizer, template)
@@ -44,11 +46,17 @@ def generation_kwargs(spec: InferSpec, tokenizer, stops: list[int]) -> dict:
         repetition_penalty=spec.repetition_penalty,
         eos_token_id=stops,
         pad_token_id=tokenizer.pad_token_id,
-        **({"temperature": spec.temperature, "top_p": spec.top_p, "top_k": spec.top_k or None} if sampling else {}),
+        **(
+            {"temperature": spec.temperature, "top_p": spec.top_p, "top_k": spec.top_k or None}
+            if sampling
+            else {}
+        ),
     )
 
 
-def result(item: Item, ids: list[int], tokenizer, stops: list[int], prompt_tokens: int, seconds: float) -> dict:
+def result(
+    item: Item, ids: list[int], tokenizer, stops: list[int], prompt_tokens: int, seconds: float
+) -> dict:
     """One completion: cut at the first stop token, padding dropped, decoded."""
     end = next((i for i, t in enumerate(ids) if t in stops), None)
     kept = [t for t in (ids if end is None else ids[:end]) if t != tokenizer.pad_token_id]

@@ -27,8 +27,10 @@ def read_inputs(prompts: list[str], input_path: str | None, images: list[str] | 
         _check_text(prompt, f"--prompt {i + 1}")
     if images:  # one prompt for every image, one prompt per image, or captions (no prompt)
         if len(prompts) > 1 and len(prompts) != len(images):
-            raise DataError(f"{len(images)} --image and {len(prompts)} --prompt: give one prompt for all images, "
-                            "one per image, or none (captions)")  # fmt: skip
+            raise DataError(
+                f"{len(images)} --image and {len(prompts)} --prompt: give one prompt for all images, "
+                "one per image, or none (captions)"
+            )
         for i, image in enumerate(images):
             fields = {"image": _image_path(image, Path.cwd(), f"--image {i + 1}")}
             if prompts:
@@ -47,7 +49,9 @@ def read_inputs(prompts: list[str], input_path: str | None, images: list[str] | 
             except FileNotFoundError:
                 raise DataError("file not found", file=input_path) from None
             except IsADirectoryError:
-                raise DataError("is a folder; give a .txt or .jsonl file of prompts", file=input_path) from None
+                raise DataError(
+                    "is a folder; give a .txt or .jsonl file of prompts", file=input_path
+                ) from None
         as_json = name.endswith(".jsonl") or (input_path == "-" and text.lstrip().startswith("{"))
         for n, line in enumerate(text.splitlines(), 1):
             if as_json and not line.strip():
@@ -111,5 +115,6 @@ def _utf8(data: bytes, name: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise DataError(f"not UTF-8 (byte 0x{data[exc.start]:02x}); re-encode the file as UTF-8", file=name,
-                        row=line) from None  # fmt: skip
+        raise DataError(
+            f"not UTF-8 (byte 0x{data[exc.start]:02x}); re-encode the file as UTF-8", file=name, row=line
+        ) from None

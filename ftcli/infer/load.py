@@ -18,8 +18,10 @@ def load_for_inference(recipe: Recipe):
     own = adapter and (Path(adapter) / "tokenizer_config.json").exists()
     tokenizer = load_tokenizer(recipe.model, source=adapter if own else None)
     device = device_of(recipe)
-    report.phase(f"loading {recipe.model.name}{f' + {adapter}' if adapter else ''} on the {device} "
-                 f"({str(compute_dtype(recipe)).removeprefix('torch.')})")
+    report.phase(
+        f"loading {recipe.model.name}{f' + {adapter}' if adapter else ''} on the {device} "
+        f"({str(compute_dtype(recipe)).removeprefix('torch.')})"
+    )
     model = load_base_model(recipe, device=device)
     if adapter:
         import peft
@@ -27,8 +29,10 @@ def load_for_inference(recipe: Recipe):
         try:
             model = peft.PeftModel.from_pretrained(model, adapter)
         except (OSError, ValueError, RuntimeError) as exc:
-            raise RecipeError(f"cannot load adapter {adapter} onto {recipe.model.name}: {str(exc).splitlines()[0]}",
-                              key="model.adapter") from None  # fmt: skip
+            raise RecipeError(
+                f"cannot load adapter {adapter} onto {recipe.model.name}: {str(exc).splitlines()[0]}",
+                key="model.adapter",
+            ) from None
     model.eval()
     inference_config(model)
     return model, tokenizer

@@ -8,38 +8,49 @@ from ftcli.data.templates import render_chat, resolve_template
 from ftcli.data.tokenize import max_token_chars
 from ftcli.errors import DataError
 from ftcli.infer.inputs import Item
+from ftcli.recipe.registry import FORMATS, TASKS
 from ftcli.recipe.schema import Recipe
 
 
 def inference_template(recipe: Recipe, tokenizer, raw: bool) -> str | None:
-    if raw or recipe.task == "pretrain":
+    if raw or not (
+        FORMATS[recipe.data.format].templated or TASKS[recipe.task].pairs
+    ):  # e.g. pretraining text
         return None
     if recipe.data.template or getattr(tokenizer, "chat_template", None):
         return resolve_template(recipe.data.template, tokenizer)
     return None
 
 
-def prompt_ids(tokenizer, template: str | None, item: Item, context: int | None = None, new_tokens: int = 0) -> list[int]:
+def prompt_ids(
+    tokenizer, template: str | None, item: Item, context: int | None = None, new_tokens: int = 0
+) -> list[int]:
     """The prompt's tokens. A prompt the chat template rejects, or one that leaves no room in the model's context
     for `new_tokens` (found before tokenizing when it is hopelessly long), is an error naming its input line."""
     fields = item.fields
     if context is not None:
         chars = len(fields.get("prompt") or "") + sum(len(m["content"]) for m in fields.get("messages") or [])
         if chars > context * max_token_chars(tokenizer):
-            raise DataError(f"{item.where}: the prompt ({chars:,} characters) is far longer than the model's context "
-                            f"of {context:,} tokens; shorten it")  # fmt: skip
+            raise DataError(
+                f"{item.where}: the prompt ({chars:,} characters) is far longer than the model's context "
+                f"of {context:,} tokens; shorten it"
+            )
     try:
         if template is None:
             text = fields.get("prompt") or "\n".join(m["content"] for m in fields["messages"])
             ids = tokenizer(text)["input_ids"]
         else:
             messages = fields.get("messages") or [{"role": "user", "content": fields["prompt"]}]
-            ids = tokenizer(render_chat(tokenizer, template, messages, True), add_special_tokens=False)["input_ids"]
+            ids = tokenizer(render_chat(tokenizer, template, messages, True), add_special_tokens=False)[
+                "input_ids"
+            ]
     except BadRow as bad:
         raise DataError(f"{item.where}: {bad.message}") from None
     if context is not None and len(ids) + new_tokens > context:
-        raise DataError(f"{item.where}: the prompt is {len(ids):,} tokens, and with {new_tokens} new tokens that is "
-                        f"over the model's context of {context:,}; shorten it or lower --max-new-tokens")  # fmt: skip
+        raise DataError(
+            f"{item.where}: the prompt is {len(ids):,} tokens, and with {new_tokens} new tokens that is "
+            f"over the model's context of {context:,}; shorten it or lower --max-new-tokens"
+        )
     return ids
 
 

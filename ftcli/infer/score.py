@@ -22,19 +22,29 @@ def score(model, tokenizer, items: list[Item], template: str | None) -> Iterator
         f = item.fields
         answers = [f["chosen"], f["rejected"]] if "chosen" in f and "rejected" in f else [f.get("response")]
         if answers[0] is None:
-            raise DataError(f"{item.where}: scoring needs 'response' (or 'chosen' and 'rejected') next to 'prompt'")
+            raise DataError(
+                f"{item.where}: scoring needs 'response' (or 'chosen' and 'rejected') next to 'prompt'"
+            )
         try:
             prompt, *completions = pairs.encode(f.get("messages") or f["prompt"], answers)
         except BadRow as bad:
             raise DataError(f"{item.where}: {bad.message}") from None
         longest = len(prompt) + max(map(len, completions))
         if context and longest > context:
-            raise DataError(f"{item.where}: {longest:,} tokens, over the model's context of {context:,}; shorten it")
+            raise DataError(
+                f"{item.where}: {longest:,} tokens, over the model's context of {context:,}; shorten it"
+            )
         with torch.no_grad():
-            values = [model(input_ids=torch.tensor([prompt + c], device=device)).logits[0, 0].item()
-                      for c in completions]  # fmt: skip
+            values = [
+                model(input_ids=torch.tensor([prompt + c], device=device)).logits[0, 0].item()
+                for c in completions
+            ]
         if len(values) == 2:
-            yield {"index": item.index, "chosen_score": values[0], "rejected_score": values[1],
-                   "winner": "chosen" if values[0] > values[1] else "rejected"}  # fmt: skip
+            yield {
+                "index": item.index,
+                "chosen_score": values[0],
+                "rejected_score": values[1],
+                "winner": "chosen" if values[0] > values[1] else "rejected",
+            }
         else:
             yield {"index": item.index, "score": values[0]}

@@ -8,7 +8,8 @@ from pathlib import Path
 from ftcli.errors import UserError
 from ftcli.recipe import load_recipe
 from ftcli.recipe.catalog import find_recipe
-from ftcli.recipe.schema import Recipe
+from ftcli.recipe.registry import TASKS
+from ftcli.recipe.schema import FullMethod, Recipe
 from ftcli.run_dir import RESOLVED, lock_holder, newest_checkpoint
 
 NO_DATA = "(no data: a bare model)"
@@ -17,7 +18,9 @@ NO_DATA = "(no data: a bare model)"
 def resolve_target(target: str, overrides: list[str]) -> Recipe:
     path = Path(target)
     if path.is_dir():
-        run = path if (path / RESOLVED).exists() else path.parent if (path.parent / RESOLVED).exists() else None
+        run = (
+            path if (path / RESOLVED).exists() else path.parent if (path.parent / RESOLVED).exists() else None
+        )
         if run is None:
             if (path / "config.json").exists():  # a merged or downloaded model dir
                 return _model_only(str(path.resolve()), overrides)
@@ -25,27 +28,41 @@ def resolve_target(target: str, overrides: list[str]) -> Recipe:
         if path == run:
             _check_finished(run, target)
         recipe = load_recipe(run / RESOLVED, overrides)
-        if recipe.task == "caption":  # its trained tensors are rebuilt onto the two base checkpoints
-            if not (run / "model.safetensors").exists():
-                raise UserError(f"{target}: no model.safetensors; the run may not have finished (see summary.json)")
-            recipe.model.adapter = str(run.resolve())
-            return recipe
-        if path != run or recipe.method.type == "full":  # merged/ or full weights: the dir is the whole model
-            if not (path / "config.json").exists():
-                raise UserError(f"{target}: no config.json; the run may not have finished (see summary.json)")
-            recipe.model.name, recipe.model.adapter = str(path.resolve()), None
-            recipe.method = {"type": "full"}
-        else:
-            if not (path / "adapter_config.json").exists():
-                raise UserError(f"{target}: no adapter_config.json; the run may not have finished (see summary.json)")
-            recipe.model.adapter = str(path.resolve())
-        return recipe
+        return _trained_model(recipe, path, target)
     found = find_recipe(target)
     if path.suffix in (".yaml", ".yml") or Path(found).is_file():
         return load_recipe(found, overrides)
     if target.startswith("builtin:") or (target.count("/") == 1 and not path.exists()):
         return _model_only(target, overrides)  # a builtin or a hub model id
     raise UserError(f"{target}: expected a recipe (.yaml), a run dir, a model dir, a hub id or builtin:NAME")
+
+
+def _trained_model(recipe: Recipe, path: Path, target: str) -> Recipe:
+    """The run's recipe pointed at what `path` (the run, its merged/ or a checkpoint-N) holds: a caption run's
+    trained tensors, an adapter, or whole weights (merged or full)."""
+    if TASKS[recipe.task].head == "git":  # its trained tensors are rebuilt onto the two base checkpoints
+        if not (path / "model.safetensors").exists():
+            raise UserError(
+                f"{target}: no model.safetensors; the run may not have finished (see summary.json)"
+            )
+        recipe.model.adapter = str(path.resolve())
+        return recipe
+    if (path / "adapter_config.json").exists():
+        recipe.model.adapter = str(path.resolve())
+        return recipe
+    if (path / "config.json").exists():  # the whole model: the dir alone, trained with nothing to add
+        model = recipe.model.model_copy(update={"name": str(path.resolve()), "adapter": None})
+        return recipe.model_copy(
+            update={
+                "model": model,
+                "method": FullMethod(),
+                "output": recipe.output.model_copy(update={"merge": False}),
+            }
+        )
+    raise UserError(
+        f"{target}: neither adapter_config.json nor config.json; the run may not have finished (see "
+        "summary.json)"
+    )
 
 
 def _check_finished(run: Path, target: str) -> None:
@@ -67,7 +84,9 @@ def _check_finished(run: Path, target: str) -> None:
         what = f"is still running ({holder})" if holder else "was killed while it ran"
     else:
         what = f"did not complete: it {status}{why}"
-    raise UserError(f"{target}: the run {what}; its final outputs are not there. Finish it with --resume{use}")
+    raise UserError(
+        f"{target}: the run {what}; its final outputs are not there. Finish it with --resume{use}"
+    )
 
 
 def _model_only(name: str, overrides: list[str]) -> Recipe:
@@ -79,11 +98,16 @@ def _model_only(name: str, overrides: list[str]) -> Recipe:
 
     task = "sft"
     config = Path(name) / "config.json"
-    if config.exists() and any("SequenceClassification" in a for a in json.loads(config.read_text()).get(
-            "architectures", [])):  # fmt: skip
+    if config.exists() and any(
+        "SequenceClassification" in a for a in json.loads(config.read_text()).get("architectures", [])
+    ):
         task = "reward"
-    body = {"description": f"inference on {name}", "task": task, "model": {"name": name},
-            "data": {"format": "preference" if task == "reward" else "chat", "sources": [NO_DATA]}}  # fmt: skip
+    body = {
+        "description": f"inference on {name}",
+        "task": task,
+        "model": {"name": name},
+        "data": {"format": "preference" if task == "reward" else "chat", "sources": [NO_DATA]},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         recipe_file = Path(tmp) / "model.yaml"
         recipe_file.write_text(yaml.safe_dump(body))

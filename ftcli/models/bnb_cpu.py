@@ -16,12 +16,14 @@ from contextlib import contextmanager
 def training_layout(model):
     import bitsandbytes as bnb
 
+    from ftcli.upstream import BNB_CPU_INFERENCE_LAYOUT as flag
+
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
-    saved = [getattr(m, "support_avx512bf16_for_cpu", False) for m in layers]
+    saved = [getattr(m, flag, False) for m in layers]
     for layer in layers:
-        layer.support_avx512bf16_for_cpu = False
+        setattr(layer, flag, False)
     try:
         yield
     finally:
         for layer, value in zip(layers, saved):
-            layer.support_avx512bf16_for_cpu = value
+            setattr(layer, flag, value)

@@ -30,47 +30,99 @@ CHATML_TEMPLATE = (
 BUILTINS: dict[str, tuple[str, dict, str]] = {
     "tiny-llama": (
         "llama",
-        dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False,
-             initializer_range=0.1),
+        dict(
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=False,
+            initializer_range=0.1,
+        ),
         "LLaMA architecture, ~360K parameters, byte-level tokenizer with a ChatML template",
     ),
     "tiny-llama3": (
         "llama",
-        dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=16384, rms_norm_eps=1e-5, tie_word_embeddings=False,
-             initializer_range=0.1, rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
-             "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+        dict(
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=16384,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=False,
+            initializer_range=0.1,
+            rope_parameters={
+                "rope_type": "llama3",
+                "rope_theta": 500000.0,
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192,
+            },
+        ),
         "tiny-llama with Llama 3's rope (theta 500000, llama3 scaling): what interop checks a non-default rope with",
     ),
     "bench-llama": (
         "llama",
-        dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
-             num_key_value_heads=4, max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False,
-             initializer_range=0.1),
+        dict(
+            hidden_size=256,
+            intermediate_size=688,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=4096,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=False,
+            initializer_range=0.1,
+        ),
         "LLaMA architecture, ~3.1M parameters, the throughput benchmark's model",
     ),
     # The GIT family (task: caption): OPT ties its head to the input embeddings as opt-350m does; MPT uses ALiBi
     # and a boolean attention mask, so all three mask conventions are exercised.
     "tiny-opt": (
         "opt",
-        dict(hidden_size=128, word_embed_proj_dim=128, ffn_dim=256, num_hidden_layers=2, num_attention_heads=4,
-             max_position_embeddings=1024, tie_word_embeddings=True, init_std=0.1),
+        dict(
+            hidden_size=128,
+            word_embed_proj_dim=128,
+            ffn_dim=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=1024,
+            tie_word_embeddings=True,
+            init_std=0.1,
+        ),
         "OPT architecture (tied head), ~430K parameters, byte-level tokenizer",
     ),
     "tiny-mpt": (
         "mpt",
-        dict(d_model=128, n_heads=4, n_layers=2, expansion_ratio=2, max_seq_len=1024, initializer_range=0.1,
-             tie_word_embeddings=False),
+        dict(
+            d_model=128,
+            n_heads=4,
+            n_layers=2,
+            expansion_ratio=2,
+            max_seq_len=1024,
+            initializer_range=0.1,
+            tie_word_embeddings=False,
+        ),
         "MPT architecture (ALiBi), ~460K parameters, byte-level tokenizer",
     ),
     "tiny-clip": (
         "clip_vision_model",
-        dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=32,
-             patch_size=8),
+        dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        ),
         "CLIP ViT vision encoder, 32x32 images in 16 patches, ~81K parameters (multimodal.vision_model)",
     ),
-}  # fmt: skip
+}
 VISION = {"clip_vision_model"}
 
 
@@ -84,7 +136,9 @@ def builtin_path(name: str) -> Path:
 
     short = name.removeprefix("builtin:")
     if short not in BUILTINS:
-        raise RecipeError(f"unknown builtin model {short!r}; builtins are {', '.join(BUILTINS)}", key="model.name")
+        raise RecipeError(
+            f"unknown builtin model {short!r}; builtins are {', '.join(BUILTINS)}", key="model.name"
+        )
     target = cache_root() / "builtin" / f"{short}-v{BUILTIN_VERSION}"
     if not (target / "config.json").exists():
         cache_dir("builtin")
@@ -126,13 +180,22 @@ def _materialize(short: str, out: Path) -> None:
 
         size = kwargs["image_size"]
         with _seeded(torch):
-            AutoModel.from_config(AutoConfig.for_model(arch, **kwargs), dtype=torch.float32).save_pretrained(out)
-        CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(out)
+            AutoModel.from_config(AutoConfig.for_model(arch, **kwargs), dtype=torch.float32).save_pretrained(
+                out
+            )
+        CLIPImageProcessorPil(
+            size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+        ).save_pretrained(out)
         return
     tokenizer = build_byte_tokenizer()
     ids = tokenizer.convert_tokens_to_ids
     config = AutoConfig.for_model(
-        arch, vocab_size=len(tokenizer), bos_token_id=None, eos_token_id=ids(EOS), pad_token_id=ids(PAD), **kwargs
+        arch,
+        vocab_size=len(tokenizer),
+        bos_token_id=None,
+        eos_token_id=ids(EOS),
+        pad_token_id=ids(PAD),
+        **kwargs,
     )
     with _seeded(torch):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -142,7 +205,9 @@ def _materialize(short: str, out: Path) -> None:
     tokenizer.save_pretrained(out)
     from ftcli.models.loadable import loadable_model_config, loadable_tokenizer_config
 
-    loadable_tokenizer_config(out / "tokenizer_config.json")  # a base like any other: transformers 4.x loads it
+    loadable_tokenizer_config(
+        out / "tokenizer_config.json"
+    )  # a base like any other: transformers 4.x loads it
     loadable_model_config(out / "config.json")
 
 
@@ -159,7 +224,9 @@ def _seeded(torch):
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character map (what ByteLevel pre-tokenization emits)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    keep = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    )
     chars, extra = {}, 0
     for b in range(256):
         if b in keep:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ftcli.errors import RecipeError
 from ftcli.models.builtin import BUILTINS, is_builtin
+from ftcli.recipe.registry import METHODS
 from ftcli.recipe.schema import Recipe
 
 # Prefix tuning writes learned key/value vectors into each attention layer's cache; recurrent/state-space models
@@ -37,12 +38,32 @@ def local_model_type(name: str, revision: str | None = None) -> str | None:
 
 
 def check_method_fits_model(recipe: Recipe) -> None:
-    if recipe.method.type != "prefix":
+    method = METHODS[recipe.method.type]
+    if method.kv_cache:
+        kind = local_model_type(recipe.model.name, recipe.model.revision)
+        if kind in NO_KV_CACHE:
+            raise RecipeError(
+                f"{method.name} tuning needs a key/value cache to write into, and {kind} models have "
+                "none; use method.type: lora or prompt",
+                key="method.type",
+            )
+    _check_adapter_kind(recipe, method)
+
+
+def _check_adapter_kind(recipe: Recipe, method) -> None:
+    """model.adapter continues an adapter of the recipe's own method kind (read from its adapter_config.json)."""
+    adapter = recipe.model.adapter
+    config = Path(adapter) / "adapter_config.json" if adapter else None
+    if config is None or not config.is_file():
         return
-    kind = local_model_type(recipe.model.name, recipe.model.revision)
-    if kind in NO_KV_CACHE:
+    try:
+        kind = json.loads(config.read_text()).get("peft_type")
+    except (OSError, ValueError):
+        return  # peft reports what is wrong with it when it loads
+    if kind and method.peft_type and kind != method.peft_type:
+        fits = [m for m, spec in METHODS.items() if spec.peft_type == kind]
         raise RecipeError(
-            f"prefix tuning needs a key/value cache to prefix, and {kind} models have none; use method.type: lora "
-            "or prompt",
-            key="method.type",
+            f"{adapter} is a {kind} adapter and method.type is {method.name}; set method.type: "
+            f"{' or '.join(fits) or 'the adapter kind'}",
+            key="model.adapter",
         )

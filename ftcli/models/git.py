@@ -114,18 +114,25 @@ class GitLLM(nn.Module):
             from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
             generate_kwargs["logits_processor"] = LogitsProcessorList(
-                [RepetitionPenaltyLogitsProcessor(penalty, prompt_ignore_length=stand_in.shape[1])])  # fmt: skip
-        out = self.lm.generate(input_ids=full, attention_mask=torch.ones_like(full), past_key_values=cache,
-                               **generate_kwargs)  # fmt: skip
+                [RepetitionPenaltyLogitsProcessor(penalty, prompt_ignore_length=stand_in.shape[1])]
+            )
+        out = self.lm.generate(
+            input_ids=full, attention_mask=torch.ones_like(full), past_key_values=cache, **generate_kwargs
+        )
         return out[:, full.shape[1] :]
 
-    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, every_n_layers=1, offload=False):
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs=None, every_n_layers=1, offload=False
+    ):
         """What Trainer calls (transformers 5). The LM always backpropagates (to the projection at least); a frozen
         vision encoder never does, so it is not checkpointed."""
         parts = [self.lm] + ([self.vision] if any(p.requires_grad for p in self.vision.parameters()) else [])
         for part in parts:
-            part.activation_checkpointing_enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs,
-                                                 every_n_layers=every_n_layers, offload=offload)  # fmt: skip
+            part.activation_checkpointing_enable(
+                activation_checkpointing_kwargs=activation_checkpointing_kwargs,
+                every_n_layers=every_n_layers,
+                offload=offload,
+            )
 
     def activation_checkpointing_disable(self):
         self.vision.activation_checkpointing_disable()

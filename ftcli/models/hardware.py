@@ -9,6 +9,7 @@ Trained weights are fp32 master weights, as DeepSpeed and FSDP keep them, so eve
 from __future__ import annotations
 
 from ftcli.errors import RecipeError
+from ftcli.recipe.registry import METHODS
 from ftcli.recipe.schema import BNB_OPTIMIZERS, Recipe
 
 
@@ -20,11 +21,15 @@ def resolve_device(choice: str = "auto") -> str:
     if choice == "auto":
         return "cuda" if cuda else "mps" if mps else "cpu"
     if choice == "cuda" and not cuda:
-        raise RecipeError("no CUDA GPU is visible here (torch.cuda.is_available() is False); set launch.device: auto "
-                          "or cpu", key="launch.device")  # fmt: skip
+        raise RecipeError(
+            "no CUDA GPU is visible here (torch.cuda.is_available() is False); set launch.device: auto "
+            "or cpu",
+            key="launch.device",
+        )
     if choice == "mps" and not mps:
-        raise RecipeError("Apple's MPS backend is not available here; set launch.device: auto or cpu",
-                          key="launch.device")  # fmt: skip
+        raise RecipeError(
+            "Apple's MPS backend is not available here; set launch.device: auto or cpu", key="launch.device"
+        )
     return choice
 
 
@@ -44,8 +49,14 @@ def compute_dtype(recipe: Recipe):
     CUDA GPU that has it, else fp32."""
     import torch
 
-    named = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-             "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # fmt: skip
+    named = {
+        "float32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp32": torch.float32,
+        "bf16": torch.bfloat16,
+        "fp16": torch.float16,
+    }
     if recipe.model.dtype != "auto":
         return named[recipe.model.dtype]
     if recipe.training.precision != "auto":
@@ -61,7 +72,7 @@ def trained_dtype(recipe: Recipe):
     are lost)."""
     import torch
 
-    if recipe.method.type == "full" and recipe.model.dtype in ("bfloat16", "float16"):
+    if METHODS[recipe.method.type].trains_base and recipe.model.dtype in ("bfloat16", "float16"):
         return compute_dtype(recipe)
     return torch.float32
 
@@ -93,17 +104,24 @@ def check_hardware(recipe: Recipe) -> None:
 
     device = device_of(recipe)
     if recipe.training.precision == "fp16" and device != "cuda":
-        raise RecipeError(f"fp16 mixed precision needs a CUDA GPU and this run is on the {device}; use fp32 or bf16",
-                          key="training.precision")  # fmt: skip
+        raise RecipeError(
+            f"fp16 mixed precision needs a CUDA GPU and this run is on the {device}; use fp32 or bf16",
+            key="training.precision",
+        )
     if recipe.training.precision == "bf16" and device == "cuda" and not torch.cuda.is_bf16_supported():
         raise RecipeError("this GPU has no bf16; use fp16", key="training.precision")
     if recipe.training.optimizer in BNB_OPTIMIZERS and device != "cuda":
-        raise RecipeError(f"{recipe.training.optimizer} is a bitsandbytes CUDA optimizer and this run is on the "
-                          f"{device}; set training.optimizer: adamw_torch (ftcli does not swap it silently)",
-                          key="training.optimizer")  # fmt: skip
-    if recipe.method.type == "qlora" and device == "mps":
-        raise RecipeError("bitsandbytes quantization runs on CUDA or the CPU, not on MPS; use method lora or "
-                          "launch.device: cpu", key="method.type")  # fmt: skip
+        raise RecipeError(
+            f"{recipe.training.optimizer} is a bitsandbytes CUDA optimizer and this run is on the "
+            f"{device}; set training.optimizer: adamw_torch (ftcli does not swap it silently)",
+            key="training.optimizer",
+        )
+    if METHODS[recipe.method.type].quantized and device == "mps":
+        raise RecipeError(
+            "bitsandbytes quantization runs on CUDA or the CPU, not on MPS; use method lora or "
+            "launch.device: cpu",
+            key="method.type",
+        )
 
 
 def quantized_device_map(recipe: Recipe) -> dict:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ftcli.errors import RecipeError, UserError
 from ftcli.models.builtin import builtin_path, is_builtin
+from ftcli.recipe.registry import METHODS, TASKS
 from ftcli.recipe.schema import ModelSpec, Recipe
 
 
@@ -17,7 +18,11 @@ def model_source(spec: ModelSpec) -> str:
     path = Path(spec.name)
     if path.is_dir() and not (path / "config.json").exists():
         if (path / "adapter_config.json").exists():
-            hint = f"; a merged copy is in {path / 'merged'}" if (path / "merged" / "config.json").exists() else ""
+            hint = (
+                f"; a merged copy is in {path / 'merged'}"
+                if (path / "merged" / "config.json").exists()
+                else ""
+            )
             raise RecipeError(
                 f"{spec.name} holds a PEFT adapter, not full weights: set model.adapter to it and model.name to its "
                 f"base{hint}",
@@ -46,7 +51,7 @@ def load_tokenizer(spec: ModelSpec, source: str | None = None):
 
 def quantization_config(recipe: Recipe):
     method = recipe.method
-    if method.type != "qlora":
+    if not METHODS[method.type].quantized:
         return None
     import torch
     from transformers import BitsAndBytesConfig
@@ -85,23 +90,31 @@ def load_base_model(recipe: Recipe, device: str | None = None):
     if spec.attn_implementation:
         kwargs["attn_implementation"] = spec.attn_implementation
     auto = transformers.AutoModelForCausalLM
-    if recipe.task == "reward":
+    score = TASKS[recipe.task].head == "score"
+    if score:  # one score per sequence
         auto, kwargs["num_labels"] = transformers.AutoModelForSequenceClassification, 1
         transformers.set_seed(recipe.training.seed)  # the score head is freshly initialized
-    if recipe.method.type == "qlora":
+    if METHODS[recipe.method.type].quantized:
         kwargs["device_map"] = quantized_device_map(recipe)
     elif device is not None:
         kwargs["device_map"] = {"": device}
-    quiet = contextlib.nullcontext()
-    if recipe.task == "reward":  # the new score head and the unused lm_head are expected, not worth a report
-        from trl.trainer.reward_trainer import suppress_seqcls_warning
-
-        quiet = suppress_seqcls_warning()
-    try:
-        with quiet:
+    try:  # a new score head (and an unused lm_head) is expected: transformers' report of it is not shown
+        with _transformers_errors_only() if score else contextlib.nullcontext():
             return auto.from_pretrained(model_source(spec), **kwargs)
     except (OSError, ValueError) as exc:
         raise _load_error(spec, exc) from None
+
+
+@contextlib.contextmanager
+def _transformers_errors_only():
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
 
 
 # Pickle files run code when they are unpickled; safetensors files are plain tensors.
@@ -143,7 +156,9 @@ def _pickle_only(path: Path) -> str | None:
         safe = [n for n in files if n.endswith(".safetensors")]
     if any(n in files and files[n].stat().st_size > 0 for n in safe):
         return None
-    return next((n for n in sorted(files) if n.endswith(_PICKLE_SUFFIXES) and not n.startswith(_TRAINER_STATE)), None)
+    return next(
+        (n for n in sorted(files) if n.endswith(_PICKLE_SUFFIXES) and not n.startswith(_TRAINER_STATE)), None
+    )
 
 
 def _hub_adapter_pickle_only(repo: str) -> str | None:
@@ -167,11 +182,14 @@ def _hub_adapter_pickle_only(repo: str) -> str | None:
 def _load_error(spec: ModelSpec, exc: Exception) -> UserError:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if not spec.allow_pickle and any(m in text for m in _NO_SAFETENSORS):
-        return RecipeError(f"{spec.name} has no safetensors weights (pickle ones are refused); {_PICKLE_ADVICE}",
-                           key="model.name")  # fmt: skip
+        return RecipeError(
+            f"{spec.name} has no safetensors weights (pickle ones are refused); {_PICKLE_ADVICE}",
+            key="model.name",
+        )
     if "gated" in text.lower() or "401" in text or "403" in text:
         return RecipeError(
-            f"{spec.name} is gated: request access on its hub page, then `hf auth login` ({text})", key="model.name"
+            f"{spec.name} is gated: request access on its hub page, then `hf auth login` ({text})",
+            key="model.name",
         )
     return RecipeError(f"cannot load {spec.name}: {text}", key="model.name")
 

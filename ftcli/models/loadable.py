@@ -36,7 +36,9 @@ def loadable_model_config(config_file: Path) -> None:
     config["use_cache"] = True
     for section in (config, config.get("text_config")):
         params = section.get("rope_parameters") if isinstance(section, dict) else None
-        if not isinstance(params, dict) or "rope_type" not in params:  # (per-layer-type rope: left as written)
+        if (
+            not isinstance(params, dict) or "rope_type" not in params
+        ):  # (per-layer-type rope: left as written)
             continue
         if "rope_theta" in params:
             section["rope_theta"] = params["rope_theta"]

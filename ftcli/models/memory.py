@@ -41,7 +41,9 @@ def estimate_training_bytes(model, tokens_per_step: int, checkpointing: bool) ->
     return weights + optimizer + activations + logits
 
 
-def choose_gradient_checkpointing(setting, model, tokens_per_step: int, device: str = "cpu") -> tuple[bool, str]:
+def choose_gradient_checkpointing(
+    setting, model, tokens_per_step: int, device: str = "cpu"
+) -> tuple[bool, str]:
     if isinstance(setting, bool):
         return setting, "set in the recipe"
     need = estimate_training_bytes(model, tokens_per_step, checkpointing=False)

@@ -16,12 +16,11 @@ from ftcli.errors import RecipeError
 from ftcli.models.builtin import builtin_path, is_builtin
 from ftcli.models.hardware import compute_dtype
 from ftcli.models.load import load_base_model, load_tokenizer
-from ftcli.models.methods import logical_numel
+from ftcli.models.methods import attention_targets, logical_numel
+from ftcli.recipe.registry import METHODS
 from ftcli.recipe.schema import Recipe
 
 TRAINED, GIT_CONFIG = "model.safetensors", "git_config.json"
-# Attention input projections across families; the default LoRA targets are whichever of these a model has.
-ATTENTION_QKV = ("q_proj", "k_proj", "v_proj", "query_key_value", "Wqkv", "c_attn", "qkv_proj", "qkv")
 PARTS = ("vision", "projection", "lm", "head", "adapters")
 
 
@@ -59,7 +58,8 @@ def load_vision(recipe: Recipe):
     """The vision tower of `multimodal.vision_model` (a whole CLIP/SigLIP checkpoint is fine: its vision part is
     taken) and its image processor. The Pillow processors are used on purpose: they need no torchvision."""
     import transformers
-    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+    from ftcli.upstream import vision_model_class
 
     spec = recipe.multimodal
     source = str(builtin_path(spec.vision_model)) if is_builtin(spec.vision_model) else spec.vision_model
@@ -67,32 +67,39 @@ def load_vision(recipe: Recipe):
     try:
         config = transformers.AutoConfig.from_pretrained(source, **common)
         vision_type = getattr(config, "vision_config", config).model_type
-        cls = getattr(transformers, MODEL_MAPPING_NAMES.get(vision_type, ""), None)
+        cls = vision_model_class(vision_type)
         if cls is None:
-            raise RecipeError(f"{spec.vision_model} is a {config.model_type} model, not a vision encoder "
-                              "(e.g. openai/clip-vit-base-patch16)", key="multimodal.vision_model")  # fmt: skip
+            raise RecipeError(
+                f"{spec.vision_model} is a {config.model_type} model, not a vision encoder "
+                "(e.g. openai/clip-vit-base-patch16)",
+                key="multimodal.vision_model",
+            )
         pickle = None if recipe.model.allow_pickle else True  # as for the LM: safetensors only unless allowed
         vision = cls.from_pretrained(source, dtype=compute_dtype(recipe), use_safetensors=pickle, **common)
         processor = transformers.AutoImageProcessor.from_pretrained(source, backend="pil", **common)
     except (OSError, ValueError) as exc:
-        raise RecipeError(f"cannot load {spec.vision_model}: {str(exc).splitlines()[0]}",
-                          key="multimodal.vision_model") from None  # fmt: skip
+        raise RecipeError(
+            f"cannot load {spec.vision_model}: {str(exc).splitlines()[0]}", key="multimodal.vision_model"
+        ) from None
     if not hasattr(vision.config, "hidden_size"):
-        raise RecipeError(f"{spec.vision_model}: its config has no hidden_size to project from",
-                          key="multimodal.vision_model")  # fmt: skip
+        raise RecipeError(
+            f"{spec.vision_model}: its config has no hidden_size to project from",
+            key="multimodal.vision_model",
+        )
     return vision, processor
 
 
 def _apply_lora(model, recipe: Recipe) -> None:
+    """LoRA on the LM (and with vision_lora the vision tower's q/k/v). Adapters are cast to fp32 with the rest of
+    what trains (models/hardware.cast_trained); a QLoRA LM keeps its non-quantized weights in the compute dtype."""
     method = recipe.method
-    if method.type not in ("lora", "qlora"):
+    if METHODS[method.type].peft_type != "LORA":
         return
     import peft
 
-    # a QLoRA LM keeps its non-quantized weights in the compute dtype, as in models/methods.py
-    patterns = [_target_pattern("lm", model.lm, recipe)]
+    patterns = [_target_pattern("lm", model.lm, method.target_modules)]
     if recipe.multimodal.vision_lora:
-        patterns.append(_target_pattern("vision", model.vision, None))
+        patterns.append(_target_pattern("vision", model.vision, "attention"))
     config = peft.LoraConfig(
         r=method.r,
         lora_alpha=method.alpha,
@@ -103,15 +110,11 @@ def _apply_lora(model, recipe: Recipe) -> None:
         use_rslora=method.use_rslora,
     )
     peft.inject_adapter_in_model(config, model)
-    # as get_peft_model does: adapters train in fp32 even on a bf16/fp16 base (optimizer updates, fp16 scaling)
-    from peft.tuners.tuners_utils import cast_adapter_dtype
-
-    cast_adapter_dtype(model, "default", autocast_adapter_dtype=True)
 
 
-def _target_pattern(prefix: str, part, recipe: Recipe | None) -> str:
-    """A regex for the modules of one part (lm or vision) that LoRA adapts: by default its attention q/k/v (the
-    GIT-LLM setting), else the recipe's `method.target_modules` ("all-linear": every linear layer but the head)."""
+def _target_pattern(prefix: str, part, wanted) -> str:
+    """A regex for the modules of one part (lm or vision) that LoRA adapts: `attention` = its q/k/v (the GIT-LLM
+    setting, the default for caption runs), `all-linear` = every linear layer but the head, or named layers."""
     import re
 
     import torch
@@ -122,23 +125,27 @@ def _target_pattern(prefix: str, part, recipe: Recipe | None) -> str:
     # bitsandbytes' Linear4bit / Linear8bitLt are nn.Linear subclasses (a QLoRA LM is covered); GPT-2 uses Conv1D
     kinds = (torch.nn.Linear, Conv1D)
     linear = {n.rsplit(".", 1)[-1] for n, m in part.named_modules() if isinstance(m, kinds) and m is not head}
-    wanted = recipe.method.target_modules if recipe is not None else None
     if isinstance(wanted, list):
         targets = wanted
         missing = [t for t in targets if t not in linear]
         if missing:
-            raise RecipeError(f"{missing[0]!r} names no linear layer of the LM; it has {', '.join(sorted(linear))}",
-                              key="method.target_modules")  # fmt: skip
+            raise RecipeError(
+                f"{missing[0]!r} names no linear layer of the LM; it has {', '.join(sorted(linear))}",
+                key="method.target_modules",
+            )
     elif wanted == "all-linear" and linear:
         targets = sorted(linear)
     elif wanted == "all-linear":
         raise RecipeError(f"the {prefix} model has no linear layer for LoRA", key="method.target_modules")
     else:
-        targets = [name for name in ATTENTION_QKV if name in linear]
+        targets = attention_targets(linear)
         if not targets:
             key = "method.target_modules" if prefix == "lm" else "multimodal.vision_lora"
-            raise RecipeError(f"no attention q/k/v projection found in the {prefix} model; name the layers to "
-                              f"adapt (it has {', '.join(sorted(linear))})", key=key)  # fmt: skip
+            raise RecipeError(
+                f"no attention q/k/v projection found in the {prefix} model; name the layers to "
+                f"adapt (it has {', '.join(sorted(linear))})",
+                key=key,
+            )
     return rf"{prefix}\..*\.({'|'.join(re.escape(t) for t in targets)})"
 
 
@@ -146,25 +153,39 @@ def _select_trainable(model, recipe: Recipe) -> None:
     """The projection always trains (it starts random), LoRA weights train, and so does every parameter whose
     name contains one of `multimodal.keys_to_finetune` — unless it contains one of `keys_to_freeze`."""
     spec = recipe.multimodal
-    names = [n for n, _ in model.named_parameters(remove_duplicate=False)]  # tied weights answer to both names
-    for key_name, keys in (("multimodal.keys_to_finetune", spec.keys_to_finetune),
-                           ("multimodal.keys_to_freeze", spec.keys_to_freeze)):  # fmt: skip
+    names = [
+        n for n, _ in model.named_parameters(remove_duplicate=False)
+    ]  # tied weights answer to both names
+    for key_name, keys in (
+        ("multimodal.keys_to_finetune", spec.keys_to_finetune),
+        ("multimodal.keys_to_freeze", spec.keys_to_freeze),
+    ):
         for key in keys:
             if not any(key in n for n in names):
                 sample = ", ".join(sorted({".".join(n.split(".")[:2]) for n in names}))
                 raise RecipeError(f"{key!r} matches no parameter; names start like: {sample}", key=key_name)
-    quantized = recipe.method.type == "qlora"
+    quantized = METHODS[recipe.method.type].quantized
     for name, param in model.named_parameters(remove_duplicate=False):
         train = name.startswith("projection.") or "lora_" in name
         train = train or any(k in name for k in spec.keys_to_finetune)
         if any(k in name for k in spec.keys_to_freeze) and "lora_" not in name:
             if name.startswith("projection."):
-                raise RecipeError("the projection starts random and always trains; do not freeze it",
-                                  key="multimodal.keys_to_freeze")  # fmt: skip
+                raise RecipeError(
+                    "the projection starts random and always trains; do not freeze it",
+                    key="multimodal.keys_to_freeze",
+                )
             train = False
-        if train and quantized and name.startswith("lm.") and "lora_" not in name and not param.is_floating_point():
-            raise RecipeError(f"{name} is 4-bit (qlora); train the LM through LoRA, or use method lora",
-                              key="multimodal.keys_to_finetune")  # fmt: skip
+        if (
+            train
+            and quantized
+            and name.startswith("lm.")
+            and "lora_" not in name
+            and not param.is_floating_point()
+        ):
+            raise RecipeError(
+                f"{name} is 4-bit (qlora); train the LM through LoRA, or use method lora",
+                key="multimodal.keys_to_finetune",
+            )
         if train:
             param.requires_grad_(True)
         elif param.requires_grad:
@@ -177,7 +198,7 @@ def part_counts(model) -> dict[str, tuple[int, int]]:
     head_ids = {id(p) for p in head.parameters()} if head is not None else set()
     counts = {part: [0, 0] for part in PARTS}
     for name, param in model.named_parameters():
-        part = ("adapters" if "lora_" in name else "head" if id(param) in head_ids else name.split(".", 1)[0])
+        part = "adapters" if "lora_" in name else "head" if id(param) in head_ids else name.split(".", 1)[0]
         counts[part][0] += logical_numel(param)
         counts[part][1] += logical_numel(param) if param.requires_grad else 0
     return {part: (total, trainable) for part, (total, trainable) in counts.items() if total}
@@ -200,7 +221,9 @@ def load_trained(model, run: Path, key: str = "model.adapter") -> None:
 
     file = run / TRAINED
     if not file.is_file():
-        raise RecipeError(f"{run} has no {TRAINED}: not a finished caption run (see its summary.json)", key=key)
+        raise RecipeError(
+            f"{run} has no {TRAINED}: not a finished caption run (see its summary.json)", key=key
+        )
     try:
         tensors = load_file(str(file))
     except (SafetensorError, OSError) as exc:
@@ -208,14 +231,18 @@ def load_trained(model, run: Path, key: str = "model.adapter") -> None:
     params = dict(model.named_parameters(remove_duplicate=False))
     for name, tensor in tensors.items():
         if name not in params or params[name].shape != tensor.shape:
-            raise RecipeError(f"{file} does not fit this model ({name} "
-                              f"{'is missing' if name not in params else 'has another shape'}); it was trained "
-                              "with another LM, vision model or LoRA setting", key=key)  # fmt: skip
+            raise RecipeError(
+                f"{file} does not fit this model ({name} "
+                f"{'is missing' if name not in params else 'has another shape'}); it was trained "
+                "with another LM, vision model or LoRA setting",
+                key=key,
+            )
     model.load_state_dict(tensors, strict=False)
 
 
-def save_git_outputs(model, tokenizer, processor, recipe: Recipe, out: Path, counts: dict,
-                     chat_template: str | None = None) -> dict:  # fmt: skip
+def save_git_outputs(
+    model, tokenizer, processor, recipe: Recipe, out: Path, counts: dict, chat_template: str | None = None
+) -> dict:
     """The run dir of a caption run: trained tensors, git_config.json, tokenizer and image processor."""
     from ftcli.models.save import save_tokenizer
 
@@ -248,7 +275,9 @@ def load_git_for_inference(recipe: Recipe):
     run = Path(recipe.model.adapter)
     own = (run / "tokenizer_config.json").exists()
     tokenizer = load_tokenizer(recipe.model, source=str(run) if own else None)
-    report.phase(f"loading {recipe.multimodal.vision_model} + {recipe.model.name} + {run} on the {device_of(recipe)}")
+    report.phase(
+        f"loading {recipe.multimodal.vision_model} + {recipe.model.name} + {run} on the {device_of(recipe)}"
+    )
     model, processor = build_git(recipe, for_training=False)
     model.eval()
     inference_config(model)

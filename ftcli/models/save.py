@@ -10,35 +10,43 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ftcli.errors import UserError
 from ftcli.models.load import inference_config, model_source
 from ftcli.models.loadable import loadable_model_config, loadable_tokenizer_config
+from ftcli.recipe.registry import METHODS
 from ftcli.recipe.schema import ModelSpec, Recipe
 
 
-def save_model_outputs(model, tokenizer, recipe: Recipe, out: Path, weights: bool = True,
-                       chat_template: str | None = None) -> dict:  # fmt: skip
+def save_model_outputs(
+    model, tokenizer, recipe: Recipe, out: Path, weights: bool = True, chat_template: str | None = None
+) -> dict:
     """`weights=False` when the trainer has saved them already (sharded workers gather them there);
     `chat_template`: the template the run trained with when it is not the tokenizer's own."""
     is_peft = hasattr(model, "peft_config")
     inference_config(model)
     if weights:  # only the trained adapter: DPO may hold a frozen "ref" copy beside it
-        model.save_pretrained(out, safe_serialization=True, **({"selected_adapters": ["default"]} if is_peft else {}))
+        model.save_pretrained(
+            out, safe_serialization=True, **({"selected_adapters": ["default"]} if is_peft else {})
+        )
     loadable_model_config(out / "config.json")
     save_tokenizer(tokenizer, out, recipe.model, chat_template)
     saved = {"kind": "adapter" if is_peft else "full", "path": str(out)}
-    if recipe.output.merge:
-        if recipe.method.type in ("prefix", "prompt"):
-            raise UserError(f"output.merge: {recipe.method.type} tuning adds virtual tokens and cannot be merged")
-        if is_peft:
-            saved["merged"] = str(merge_adapter(recipe, out, out / "merged"))
+    if recipe.output.merge:  # validated: only methods that merge get here
+        saved["merged"] = str(merge_adapter(recipe, out, out / "merged"))
     return saved
 
 
 TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "tokenizer.model",
-    "vocab.json", "vocab.txt", "merges.txt", "chat_template.jinja", "chat_template.json",
-)  # fmt: skip
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
 
 
 def save_tokenizer(tokenizer, out: Path, spec: ModelSpec | Path, chat_template: str | None = None) -> None:
@@ -59,15 +67,17 @@ def copy_tokenizer_files(spec: ModelSpec | Path, out: Path) -> bool:
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(spec, Path):
         found = [spec / name for name in TOKENIZER_FILES if (spec / name).is_file()]
-    else:
-        from transformers.utils import cached_file
+    else:  # a local dir, or a hub model already in the cache (the tokenizer just loaded from it)
+        from huggingface_hub import try_to_load_from_cache
 
         source, found = model_source(spec), []
         for name in TOKENIZER_FILES:
-            path = Path(source) / name if Path(source).is_dir() else cached_file(
-                source, name, revision=spec.revision, _raise_exceptions_for_missing_entries=False,
-                _raise_exceptions_for_connection_errors=False)  # fmt: skip
-            if path and Path(path).is_file():
+            path = (
+                Path(source) / name
+                if Path(source).is_dir()
+                else try_to_load_from_cache(source, name, revision=spec.revision)
+            )
+            if isinstance(path, (str, Path)) and Path(path).is_file():
                 found.append(Path(path))
     if not any(f.name in ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt") for f in found):
         return False
@@ -87,7 +97,7 @@ def merge_adapter(recipe: Recipe, adapter_dir: Path, out: Path, dtype: str | Non
 
     report.phase(f"merging {adapter_dir} into {recipe.model.name} on the {device_of(recipe)} -> {out}")
     base = load_base_model(recipe, device=device_of(recipe))
-    if recipe.method.type == "qlora":
+    if METHODS[recipe.method.type].quantized:
         base = base.dequantize()
         if hasattr(base.config, "quantization_config"):
             del base.config.quantization_config

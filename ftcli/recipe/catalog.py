@@ -1,4 +1,4 @@
-"""The bundled recipes (recipes/ in the source tree, installed as the ftcli.bundled package)."""
+"""The bundled recipes (recipes/ in the source tree, installed inside the wheel as ftcli/bundled)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,12 @@ import yaml
 
 
 def bundled_dir() -> Path | None:
-    try:
-        from importlib.resources import files
-
-        path = Path(str(files("ftcli.bundled")))
-        if path.is_dir():
-            return path
-    except (ModuleNotFoundError, TypeError):
-        pass
-    checkout = Path(__file__).resolve().parents[2] / "recipes"
-    return checkout if checkout.is_dir() else None
+    """ftcli/bundled in an installed wheel (recipes/ packaged with their data), else recipes/ of a checkout."""
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / "bundled", package.parent / "recipes"):
+        if candidate.is_dir():
+            return candidate
+    return None
 
 
 def bundled_recipes() -> list[tuple[str, Path, str]]:
@@ -27,7 +23,10 @@ def bundled_recipes() -> list[tuple[str, Path, str]]:
         return []
     found = []
     for path in sorted(root.rglob("*.yaml")):
-        if path.relative_to(root).parts[0] in ("data", "eval"):  # datasets and lm-eval task files, not recipes
+        if path.relative_to(root).parts[0] in (
+            "data",
+            "eval",
+        ):  # datasets and lm-eval task files, not recipes
             continue
         try:
             body = yaml.safe_load(path.read_text()) or {}

@@ -26,13 +26,25 @@ KeyPath = tuple  # of str | int
 ENV_PATTERN = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?:,([^}]*))?\}")
 # Names other tools use for our keys, so their users get a useful did-you-mean.
 KEY_ALIASES = {
-    "rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
-    "lora_target_modules": "target_modules", "num_epochs": "epochs", "num_train_epochs": "epochs",
-    "micro_batch_size": "batch_size", "per_device_train_batch_size": "batch_size",
-    "gradient_accumulation_steps": "grad_accum", "lr": "learning_rate", "output_dir": "dir",
-    "sequence_len": "max_length", "cutoff_len": "max_length", "max_seq_length": "max_length",
-    "lr_scheduler_type": "lr_scheduler", "optim": "optimizer", "datasets": "sources",
-}  # fmt: skip
+    "rank": "r",
+    "lora_r": "r",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "lora_target_modules": "target_modules",
+    "num_epochs": "epochs",
+    "num_train_epochs": "epochs",
+    "micro_batch_size": "batch_size",
+    "per_device_train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "lr": "learning_rate",
+    "output_dir": "dir",
+    "sequence_len": "max_length",
+    "cutoff_len": "max_length",
+    "max_seq_length": "max_length",
+    "lr_scheduler_type": "lr_scheduler",
+    "optim": "optimizer",
+    "datasets": "sources",
+}
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt", ".arrow", ".yaml", ".yml")
 
 
@@ -66,6 +78,8 @@ def load_recipe(
     except ValidationError as exc:
         raise _to_recipe_error(exc, origins, raw) from None
     _resolve_local_paths(recipe, Path(path).resolve().parent, origins)
+    if recipe.output.dir is None:  # resolved here, where the recipe's file name is known
+        recipe.output.dir = str(Path("runs") / Path(path).stem)
     recipe._source = str(path)
     recipe._origins = origins
     recipe._templates = templates
@@ -86,8 +100,10 @@ def _read_yaml(path: Path, origins: Origins) -> dict:
         raise RecipeError("recipe file not found; check the path", where=str(path)) from None
     except UnicodeDecodeError as exc:
         line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise RecipeError(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); save the recipe as UTF-8",
-                          where=f"{path}:{line}") from None  # fmt: skip
+        raise RecipeError(
+            f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); save the recipe as UTF-8",
+            where=f"{path}:{line}",
+        ) from None
     except OSError as exc:
         raise RecipeError(f"cannot read recipe: {exc.strerror or exc}", where=str(path)) from None
     loader = None
@@ -105,8 +121,9 @@ def _read_yaml(path: Path, origins: Origins) -> dict:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise RecipeError(f"YAML syntax error: {problem}", where=f"{path}{line}") from None
     except RecursionError:
-        raise RecipeError(f"nested more than {MAX_DEPTH} levels deep; a recipe is a few levels of keys",
-                          where=str(path)) from None  # fmt: skip
+        raise RecipeError(
+            f"nested more than {MAX_DEPTH} levels deep; a recipe is a few levels of keys", where=str(path)
+        ) from None
     finally:
         if loader is not None:
             loader.dispose()
@@ -127,15 +144,22 @@ class _Builder:
         where = f"{self.file}:{node.start_mark.line + 1}"
         self.count += 1
         if self.count > MAX_VALUES:
-            raise RecipeError(f"the recipe expands to over {MAX_VALUES:,} values (YAML aliases repeating aliases?)",
-                              where=where)  # fmt: skip
+            raise RecipeError(
+                f"the recipe expands to over {MAX_VALUES:,} values (YAML aliases repeating aliases?)",
+                where=where,
+            )
         if len(path) > MAX_DEPTH:
             raise RecipeError(f"nested more than {MAX_DEPTH} levels deep", key=_dotted(path), where=where)
         if id(node) in self.open:
-            raise RecipeError("a YAML alias refers to a value that contains it, which would never end",
-                              key=_dotted(path) or None, where=where)  # fmt: skip
+            raise RecipeError(
+                "a YAML alias refers to a value that contains it, which would never end",
+                key=_dotted(path) or None,
+                where=where,
+            )
         if top and not isinstance(node, yaml.MappingNode):
-            raise RecipeError("a recipe must be a mapping of keys (model:, data:, ...)", where=f"{self.file}:1")
+            raise RecipeError(
+                "a recipe must be a mapping of keys (model:, data:, ...)", where=f"{self.file}:1"
+            )
         self.origins[path] = where
         if not isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
             return self.loader.construct_object(node, deep=True)
@@ -159,7 +183,9 @@ class _Builder:
             key = self.loader.construct_object(key_node, deep=True)
             where = f"{self.file}:{key_node.start_mark.line + 1}"
             if not isinstance(key, str):
-                raise RecipeError(f"keys must be strings, got {key!r}", key=_dotted(path) or None, where=where)
+                raise RecipeError(
+                    f"keys must be strings, got {key!r}", key=_dotted(path) or None, where=where
+                )
             if index >= first_own:
                 if key in own_keys:
                     raise RecipeError("key given twice", key=_dotted(path + (key,)), where=where)
@@ -256,8 +282,11 @@ def _child(node: Any, part: Any) -> Any:
 def _set_child(node: Any, part: Any, value: Any, key: str) -> None:
     if isinstance(node, list):
         if not isinstance(part, int) or part > len(node):
-            raise RecipeError(f"list index {part} is out of range (the list has {len(node)} items)", key=key,
-                              where="command line")  # fmt: skip
+            raise RecipeError(
+                f"list index {part} is out of range (the list has {len(node)} items)",
+                key=key,
+                where="command line",
+            )
         if part == len(node):
             node.append(value)
         else:
@@ -428,19 +457,30 @@ def _resolve_local_paths(recipe: Recipe, base: Path, origins: Origins) -> None:
             src.path = found
         elif _looks_local(src.path):
             path = ("data", group, i, "path")
-            raise RecipeError(f"file not found: {src.path} (looked next to the recipe and in the working dir)",
-                              key=_dotted(path), where=origins.find(path))  # fmt: skip
+            raise RecipeError(
+                f"file not found: {src.path} (looked next to the recipe and in the working dir)",
+                key=_dotted(path),
+                where=origins.find(path),
+            )
         if src.image_dir is not None:
             path = ("data", group, i, "image_dir")
             linked = _symlink(src.image_dir, base_of(path))
             if linked and not recipe.data.allow_images_outside:
-                raise RecipeError(f"{src.image_dir} is a symbolic link (to {linked}), which would move the folder "
-                                  "images are confined to; name the real folder, or set data.allow_images_outside: "
-                                  "true", key=_dotted(path), where=origins.find(path))  # fmt: skip
+                raise RecipeError(
+                    f"{src.image_dir} is a symbolic link (to {linked}), which would move the folder "
+                    "images are confined to; name the real folder, or set data.allow_images_outside: "
+                    "true",
+                    key=_dotted(path),
+                    where=origins.find(path),
+                )
             found = _resolve_local_path(src.image_dir, base_of(path))
             if not found or not Path(found).is_dir():
-                raise RecipeError(f"image folder not found: {src.image_dir} (looked next to the recipe and in the "
-                                  "working dir)", key=_dotted(path), where=origins.find(path))  # fmt: skip
+                raise RecipeError(
+                    f"image folder not found: {src.image_dir} (looked next to the recipe and in the "
+                    "working dir)",
+                    key=_dotted(path),
+                    where=origins.find(path),
+                )
             src.image_dir = found
     models = [(("model", key), recipe.model, key) for key in ("name", "adapter")]
     if recipe.multimodal is not None:

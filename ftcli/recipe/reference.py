@@ -26,9 +26,15 @@ def key_rows(model: type[BaseModel] = schema.Recipe, prefix: str = "") -> list[t
         nested = [m for m in _models_of(field.annotation) if m is not schema.DataSource or name == "sources"]
         if nested and name != "eval_sources":
             for sub in dict.fromkeys(nested):
-                label = f" ({sub.model_fields['type'].default})" if "type" in sub.model_fields and len(nested) > 1 else ""
-                rows += [(p + label if label and not p.endswith(".type") else p, d, h)
-                         for p, d, h in key_rows(sub, f"{path}{'[]' if name == 'sources' else ''}.")]
+                label = (
+                    f" ({sub.model_fields['type'].default})"
+                    if "type" in sub.model_fields and len(nested) > 1
+                    else ""
+                )
+                rows += [
+                    (p + label if label and not p.endswith(".type") else p, d, h)
+                    for p, d, h in key_rows(sub, f"{path}{'[]' if name == 'sources' else ''}.")
+                ]
             continue
         if field.is_required():
             default = "required"
@@ -37,7 +43,10 @@ def key_rows(model: type[BaseModel] = schema.Recipe, prefix: str = "") -> list[t
         else:
             default = "null" if field.default is None else repr(field.default)
         if path == "method.type":
-            default, field_help = "'full'", "full \\| lora \\| qlora \\| prefix \\| prompt (`method: lora` is short for this)"
+            default, field_help = (
+                "'full'",
+                "full \\| lora \\| qlora \\| prefix \\| prompt (`method: lora` is short for this)",
+            )
         else:
             field_help = field.description or _literal_choices(field.annotation)
         rows.append((path, default, field_help))
@@ -64,7 +73,9 @@ def document() -> str:
     """docs/recipe-reference.md, whole."""
     return (
         "# Recipe reference\n\nGenerated from the schema (`python -m ftcli.recipe.reference > docs/recipe-reference.md`);"
-        " every section forbids\nunknown keys, and a misspelt key is an error with a did-you-mean.\n\n" + markdown() + "\n"
+        " every section forbids\nunknown keys, and a misspelt key is an error with a did-you-mean.\n\n"
+        + markdown()
+        + "\n"
     )
 
 

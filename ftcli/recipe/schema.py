@@ -5,50 +5,34 @@ Every model forbids unknown keys, so a misspelt key is an error (with a did-you-
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
-Task = Literal["pretrain", "sft", "dpo", "reward", "kto", "orpo", "simpo", "caption"]
-ALIGN_TASKS = ("dpo", "reward", "kto", "orpo", "simpo")
-Format = Literal[
-    "text", "instruction", "chat", "completion", "preference", "caption", "image_instruction", "image_chat"
-]
-IMAGE_FORMATS = ("caption", "image_instruction", "image_chat")
+from ftcli.recipe.base import Strict
+from ftcli.recipe.registry import FORMATS, METHODS, TASKS
 
-# The columns each format reads, with the names used when `columns:` does not map them.
-FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
-    "text": ("text",),
-    "instruction": ("instruction", "input", "output", "system"),
-    "chat": ("messages", "role", "content"),
-    "completion": ("prompt", "completion"),
-    "preference": ("prompt", "chosen", "rejected", "margin"),
-    "caption": ("image", "caption"),
-    "image_instruction": ("image", "instruction", "input", "output", "system"),
-    "image_chat": ("image", "messages", "role", "content"),  # LLaVA's conversations/from/value are found too
-}
-# Which formats each task can learn from.
-TASK_FORMATS: dict[str, tuple[str, ...]] = {
-    "pretrain": ("text",),
-    "sft": ("chat", "instruction", "completion"),
-    **{task: ("preference",) for task in ALIGN_TASKS},
-    "caption": IMAGE_FORMATS,
-}
-# The command that runs each task.
-TASK_COMMAND = {"pretrain": "train", "sft": "train", "caption": "train", **{task: "align" for task in ALIGN_TASKS}}
+Task = Literal[tuple(TASKS)]  # type: ignore[valid-type]
+Format = Literal[tuple(FORMATS)]  # type: ignore[valid-type]
 
 OPTIMIZERS = (
-    "adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adagrad", "rmsprop",
-    "adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit",
-    "lion_8bit", "lion_32bit", "paged_lion_8bit", "paged_lion_32bit",
-)  # fmt: skip
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adafactor",
+    "sgd",
+    "adagrad",
+    "rmsprop",
+    "adamw_8bit",
+    "adamw_bnb_8bit",
+    "paged_adamw_8bit",
+    "paged_adamw_32bit",
+    "lion_8bit",
+    "lion_32bit",
+    "paged_lion_8bit",
+    "paged_lion_32bit",
+)
 BNB_OPTIMIZERS = tuple(o for o in OPTIMIZERS if "8bit" in o or "32bit" in o)
 REPORTERS = ("none", "tensorboard", "wandb", "mlflow", "trackio")
-
-
-class Strict(BaseModel):
-    # allow_inf_nan: .inf/.nan are never a learning rate, epoch count or weight
-    model_config = ConfigDict(extra="forbid", validate_default=True, validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelSpec(Strict):
@@ -57,87 +41,48 @@ class ModelSpec(Strict):
     name: str = Field(description="hub id, local dir, run dir, or builtin:NAME (tiny models made in code)")
     revision: str | None = Field(None, description="hub branch, tag or commit")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="compute dtype (frozen weights, 16-bit autocast); auto = training.precision's, else bf16 "
-        "on GPUs that have it, else fp32. Trained weights stay fp32 unless a full fine-tune names a 16-bit dtype here"
+        "auto",
+        description="compute dtype (frozen weights, 16-bit autocast); auto = training.precision's, else bf16 "
+        "on GPUs that have it, else fp32. Trained weights stay fp32 unless a full fine-tune names a 16-bit dtype here",
     )
-    trust_remote_code: bool = Field(False, description="run the model repo's own Python code (off by default)")
+    trust_remote_code: bool = Field(
+        False, description="run the model repo's own Python code (off by default)"
+    )
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3"] | None = Field(
         None, description="attention kernel; None = transformers' default (sdpa)"
     )
     adapter: str | None = Field(None, description="a PEFT adapter (or run dir) to load and continue training")
     allow_pickle: bool = Field(
-        False, description="load .bin/.pt (pickle) weights; pickle can run code — only for checkpoints you trust"
+        False,
+        description="load .bin/.pt (pickle) weights; pickle can run code — only for checkpoints you trust",
     )
 
 
-class LoraFields(Strict):
-    r: int = Field(8, gt=0, le=4096, description="LoRA rank")
-    alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
-    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA path")
-    target_modules: Literal["all-linear"] | list[str] | None = Field(
-        None, description="module name suffixes to adapt, or all-linear; None = all-linear (task caption: the LM's "
-        "attention q/k/v)"
-    )
-    bias: Literal["none", "all", "lora_only"] = "none"
-    modules_to_save: list[str] = Field(default_factory=list, description="extra modules trained in full and saved")
-    use_dora: bool = Field(False, description="weight-decomposed LoRA (DoRA)")
-    use_rslora: bool = Field(False, description="rank-stabilized scaling alpha/sqrt(r)")
-
-
-class FullMethod(Strict):
-    type: Literal["full"] = "full"
-    keys_to_finetune: list[str] = Field(
-        default_factory=list, description="train only parameters whose name contains one of these"
-    )
-    keys_to_freeze: list[str] = Field(default_factory=list, description="freeze parameters whose name contains one")
-
-
-class LoraMethod(LoraFields):
-    type: Literal["lora"] = "lora"
-
-
-class QLoraMethod(LoraFields):
-    type: Literal["qlora"] = "qlora"
-    bits: Literal[4, 8] = Field(4, description="4 = bitsandbytes 4-bit (nf4/fp4); 8 = LLM.int8")
-    quant_type: Literal["nf4", "fp4"] = "nf4"
-    double_quant: bool = Field(True, description="quantize the quantization constants too")
-    compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        "auto", description="dtype of the dequantized matmuls; auto = bf16 where supported, else fp32"
-    )
-
-
-class PrefixMethod(Strict):
-    type: Literal["prefix"] = "prefix"
-    num_virtual_tokens: int = Field(20, gt=0, le=4096, description="prefix length (key/value vectors per layer)")
-    prefix_projection: bool = Field(False, description="reparametrize the prefix through an MLP (P-Tuning v2 style)")
-    encoder_hidden_size: int | None = Field(None, gt=0, description="hidden size of that MLP")
-
-
-class PromptMethod(Strict):
-    type: Literal["prompt"] = "prompt"
-    num_virtual_tokens: int = Field(20, gt=0, le=4096, description="soft-prompt length")
-    init_text: str | None = Field(None, description="initialize the soft prompt from this text's embeddings")
-
-
-Method = Annotated[
-    FullMethod | LoraMethod | QLoraMethod | PrefixMethod | PromptMethod, Field(discriminator="type")
-]
-PEFT_METHODS = ("lora", "qlora", "prefix", "prompt")
+# The keys of each method live with its spec in recipe/registry.py; the union of them is the `method:` block.
+Method = Annotated[Union[tuple(spec.keys for spec in METHODS.values())], Field(discriminator="type")]  # noqa: UP007
+FullMethod = METHODS["full"].keys
 
 
 class DataSource(Strict):
     """One dataset: a local file or folder, or a hub dataset id."""
 
-    path: str = Field(description=".jsonl/.json/.csv/.parquet/.txt file, a folder of them, or a hub dataset id")
+    path: str = Field(
+        description=".jsonl/.json/.csv/.parquet/.arrow/.txt file, a folder of them, or a hub dataset id"
+    )
     format: Format | None = Field(None, description="defaults to data.format")
     columns: dict[str, str] | None = Field(None, description="defaults to data.columns")
     split: str = Field("train", description="hub dataset split")
     name: str | None = Field(None, description="hub dataset config name")
     revision: str | None = Field(None, description="hub dataset revision")
     max_samples: int | None = Field(None, gt=0, description="take at most this many rows (after shuffling)")
-    weight: float | None = Field(None, gt=0, le=1000, description="row multiplier when mixing: 0.5 = half, 2 = twice")
-    image_dir: str | None = Field(None, description="image formats: folder image paths are relative to (and "
-                                  "confined to); default the data file's folder")
+    weight: float | None = Field(
+        None, gt=0, le=1000, description="row multiplier when mixing: 0.5 = half, 2 = twice"
+    )
+    image_dir: str | None = Field(
+        None,
+        description="image formats: folder image paths are relative to (and "
+        "confined to); default the data file's folder",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -146,40 +91,52 @@ class DataSource(Strict):
 
 
 class DataSpec(Strict):
-    format: Format = Field("chat", description="row layout: text, instruction, chat, completion, preference; "
-                           "caption, image_instruction, image_chat (task: caption)")
-    columns: dict[str, str] = Field(default_factory=dict, description="map ftcli's column names to the dataset's")
+    format: Format = Field("chat", description=f"row layout: {', '.join(FORMATS)}")
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="map ftcli's column names to the dataset's"
+    )
     sources: list[DataSource] = Field(min_length=1)
     eval_sources: list[DataSource] = Field(default_factory=list, description="held-out data")
     eval_fraction: float = Field(0.0, ge=0, lt=1, description="hold out this fraction of the sources instead")
     template: str | None = Field(
-        None, description="None = the tokenizer's chat template; a name (chatml, alpaca, llama2) or inline Jinja"
+        None,
+        description="None = the tokenizer's chat template; a name (chatml, alpaca, llama2) or inline Jinja",
     )
     train_on: Literal["completion", "all"] = Field("completion", description="which tokens carry the loss")
     max_length: int = Field(1024, ge=8, le=2**20, description="tokens per row (per packed row when packing)")
-    overlong: Literal["truncate", "drop"] = Field("truncate", description="what to do with rows over max_length")
-    on_bad_rows: Literal["error", "skip"] = Field("error", description="error (stop, naming file and row) or skip "
-                                                  "(and count) bad rows, missing or unreadable images included")
-    allow_images_outside: bool = Field(False, description="let image paths leave their source's image_dir "
-                                       "(absolute paths, ..)")
+    overlong: Literal["truncate", "drop"] = Field(
+        "truncate", description="what to do with rows over max_length"
+    )
+    on_bad_rows: Literal["error", "skip"] = Field(
+        "error",
+        description="error (stop, naming file and row) or skip "
+        "(and count) bad rows, missing or unreadable images included",
+    )
+    allow_images_outside: bool = Field(
+        False, description="let image paths leave their source's image_dir (absolute paths, ..)"
+    )
     packing: bool | None = Field(
-        None, description="pack rows into max_length blocks without cross-row attention; None = on where possible"
+        None,
+        description="pack rows into max_length blocks without cross-row attention; default on where the task "
+        "and method allow it (sft, pretrain; not prefix/prompt tuning)",
     )
     shuffle: bool = Field(True, description="shuffle each source (seeded) before sampling")
     seed: int = Field(42, ge=0, lt=2**32, description="seed of shuffling, sampling and the eval split")
     num_proc: int | None = Field(None, gt=0, le=1024, description="tokenization worker processes")
-    cache_dir: str | None = Field(None, description="where prepared data is cached; default ~/.cache/ftcli/data")
+    cache_dir: str | None = Field(
+        None, description="where prepared data is cached; default ~/.cache/ftcli/data"
+    )
 
     @model_validator(mode="after")
     def _check_columns(self) -> DataSpec:
         for where, src in [("data", None)] + [(f"data.sources.{i}", s) for i, s in enumerate(self.sources)]:
             fmt = src.format if src and src.format else self.format
             cols = (src.columns if src else self.columns) or {}
-            unknown = [k for k in cols if k not in FORMAT_COLUMNS[fmt]]
+            unknown = [k for k in cols if k not in FORMATS[fmt].columns]
             if unknown:
                 raise ValueError(
                     f"{where}.columns.{unknown[0]}: not a column of the {fmt} format "
-                    f"(it has {', '.join(FORMAT_COLUMNS[fmt])})"
+                    f"(it has {', '.join(FORMATS[fmt].columns)})"
                 )
         return self
 
@@ -187,15 +144,23 @@ class DataSpec(Strict):
 class TrainingSpec(Strict):
     epochs: float = Field(1.0, gt=0, le=1e6, description="passes over the training data")
     max_steps: int | None = Field(None, gt=0, le=10**9, description="overrides epochs when set")
-    batch_size: int = Field(8, gt=0, le=2**20, description="rows per device per step (packed rows when packing)")
+    batch_size: int = Field(
+        8, gt=0, le=2**20, description="rows per device per step (packed rows when packing)"
+    )
     grad_accum: int = Field(1, gt=0, le=2**20, description="gradient accumulation steps")
     learning_rate: float | None = Field(
-        None, gt=0, description="None = by method (full/lora/prefix): train 2e-5/2e-4/3e-2, preference "
-        "5e-7/5e-6/1e-3, reward 1e-5/1e-4/1e-3"
+        None,
+        gt=0,
+        description="default by task and method: SFT/pretrain full 2e-5, LoRA/QLoRA 2e-4, prefix/prompt "
+        "3e-2; dpo/kto 5e-7, 5e-6, 1e-3; reward 1e-5, 1e-4, 1e-3",
     )
-    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr"] = "cosine"
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr"] = (
+        "cosine"
+    )
     warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
-    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="warm-up as a fraction of all steps (wins if set)")
+    warmup_ratio: float = Field(
+        0.0, ge=0, lt=1, description="warm-up as a fraction of all steps (wins if set)"
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     optimizer: Literal[OPTIMIZERS] = "adamw_torch"  # type: ignore[valid-type]
     max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping; 0 = off")
@@ -203,7 +168,8 @@ class TrainingSpec(Strict):
         "auto", description="auto = on only if a memory estimate says the run would not fit without it"
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="mixed precision (autocast); auto = model.dtype's, else bf16 where the GPU has it, else fp32"
+        "auto",
+        description="mixed precision (autocast); auto = model.dtype's, else bf16 where the GPU has it, else fp32",
     )
     seed: int = Field(42, ge=0, lt=2**32, description="seed of initialization and data order")
     logging_steps: int = Field(10, gt=0, description="log loss/lr every N steps (metrics.jsonl)")
@@ -211,59 +177,57 @@ class TrainingSpec(Strict):
     save_steps: int | None = Field(None, gt=0, description="None = save only the final result")
     save_total_limit: int | None = Field(2, gt=0, description="checkpoints kept")
     report_to: list[Literal[REPORTERS]] = Field(  # type: ignore[valid-type]
-        default_factory=list, description="trackers: tensorboard, wandb, mlflow, trackio (their own integrations)"
+        default_factory=list,
+        description="trackers: tensorboard, wandb, mlflow, trackio (their own integrations)",
     )
-
-    def default_learning_rate(self, method: str, task: str = "sft") -> float:
-        if self.learning_rate is not None:
-            return self.learning_rate
-        adapter = method in ("lora", "qlora")
-        if task == "reward":
-            return 1e-4 if adapter else 1e-5 if method == "full" else 1e-3
-        if task in ALIGN_TASKS:  # preference losses: Zephyr/TRL-style small steps
-            return 5e-6 if adapter else 5e-7 if method == "full" else 1e-3
-        return 2e-4 if adapter else 2e-5 if method == "full" else 3e-2
 
 
 class AlignSpec(Strict):
     """Preference optimization (`ftcli align`): the knobs of TRL's DPO, KTO, ORPO, SimPO (CPO) and reward trainers."""
 
     beta: float | None = Field(
-        None, gt=0, description="None = 0.1 (dpo, kto, orpo λ); 2.0 for simpo. DPO/KTO: strength of the KL anchor"
+        None, gt=0, description="dpo, kto: strength of the KL anchor to the reference; default 0.1"
     )
     loss_type: str | list[str] = Field(
-        "sigmoid", description="dpo: sigmoid, ipo, hinge, robust, ... (any the installed TRL offers; a list mixes)"
+        "sigmoid",
+        description="dpo: sigmoid, ipo, hinge, robust, ... (any the installed TRL offers; a list mixes)",
     )
     loss_weights: list[float] | None = Field(None, description="weights when loss_type is a list")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="robust/cDPO label noise (dpo)")
     ref_model: str | None = Field(
-        None, description="explicit reference model for full fine-tuning; None = the starting model (frozen copy), "
-        "or for adapters the starting model with the new adapter disabled"
+        None,
+        description="explicit reference model for full fine-tuning; None = the starting model (frozen copy), "
+        "or for adapters the starting model with the new adapter disabled",
     )
-    precompute_ref_log_probs: bool = Field(False, description="score the reference once up front (saves memory)")
+    precompute_ref_log_probs: bool = Field(
+        False, description="score the reference once up front (saves memory)"
+    )
     max_prompt_length: int | None = Field(
-        None, ge=1, description="prompt tokens kept (from the end); None = half of data.max_length"
+        None, ge=1, description="prompt tokens kept (from the end); default half of data.max_length"
     )
     max_completion_length: int | None = Field(
-        None, ge=1, description="answer tokens kept (from the start); None = what data.max_length leaves"
+        None,
+        ge=1,
+        description="answer tokens kept (from the start, within what the prompt leaves of "
+        "data.max_length); default data.max_length",
     )
-    simpo_gamma: float = Field(0.5, description="simpo: target reward margin")
     desirable_weight: float = Field(1.0, gt=0, description="kto: weight of chosen (desirable) examples")
     undesirable_weight: float = Field(1.0, gt=0, description="kto: weight of rejected (undesirable) examples")
-    center_rewards_coefficient: float | None = Field(None, description="reward: pull mean reward to 0 (InstructGPT)")
-
-    def default_beta(self, task: str) -> float:
-        return self.beta if self.beta is not None else (2.0 if task == "simpo" else 0.1)
+    center_rewards_coefficient: float | None = Field(
+        None, description="reward: pull mean reward to 0 (InstructGPT)"
+    )
 
 
 class InferSpec(Strict):
     """`ftcli infer`: what to run and how to sample (command-line options override these)."""
 
     mode: Literal["generate", "score", "perplexity"] | None = Field(
-        None, description="None = score for reward models, else generate"
+        None, description="default score for reward models, else generate"
     )
     prompts: list[str] = Field(default_factory=list, description="prompts to run when none come from the CLI")
-    input: str | None = Field(None, description=".txt (one prompt per line) or .jsonl (prompt or messages field)")
+    input: str | None = Field(
+        None, description=".txt (one prompt per line) or .jsonl (prompt or messages field)"
+    )
     max_new_tokens: int = Field(256, gt=0, le=2**20)
     temperature: float = Field(0.0, ge=0, description="0 = greedy (reproducible)")
     top_p: float = Field(1.0, gt=0, le=1)
@@ -278,17 +242,24 @@ class InferSpec(Strict):
 class MultimodalSpec(Strict):
     """`task: caption`: a GIT vision-language model (vision encoder -> GIT projection -> model.name's causal LM)."""
 
-    vision_model: str = Field(description="vision encoder: hub id (openai/clip-vit-base-patch16), local dir, or "
-                              "builtin:tiny-clip")
+    vision_model: str = Field(
+        description="vision encoder: hub id (openai/clip-vit-base-patch16), local dir, or builtin:tiny-clip"
+    )
     vision_revision: str | None = Field(None, description="hub branch, tag or commit of the vision model")
     keys_to_finetune: list[str] = Field(
-        default_factory=list, description="besides the projection (always trained) and any LoRA: train parameters "
-        "whose name contains one: vision. (ViT), lm. (whole LM), lm_head, lm.model.layers.11., ..."
+        default_factory=list,
+        description="besides the projection (always trained) and any LoRA: train parameters "
+        "whose name contains one: vision. (ViT), lm. (whole LM), lm_head, lm.model.layers.11., ...",
     )
-    keys_to_freeze: list[str] = Field(default_factory=list, description="freeze parameters whose name contains one")
+    keys_to_freeze: list[str] = Field(
+        default_factory=list, description="freeze parameters whose name contains one"
+    )
     vision_lora: bool = Field(False, description="lora/qlora: adapt the vision encoder's attention q/k/v too")
-    caption_prompt: str = Field("", description="text before every caption (e.g. 'a photo of'); image instruction "
-                                "and chat rows use the chat template instead")
+    caption_prompt: str = Field(
+        "",
+        description="text before every caption (e.g. 'a photo of'); image instruction "
+        "and chat rows use the chat template instead",
+    )
 
 
 class OutputSpec(Strict):
@@ -297,7 +268,9 @@ class OutputSpec(Strict):
 
 
 class DeepSpeedSpec(Strict):
-    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="ZeRO stage: 2 shards optimizer state and gradients, 3 also weights")
+    zero_stage: Literal[0, 1, 2, 3] = Field(
+        2, description="ZeRO stage: 2 shards optimizer state and gradients, 3 also weights"
+    )
     offload_optimizer: bool = Field(False, description="optimizer state in CPU RAM")
     offload_params: bool = Field(False, description="weights in CPU RAM (stage 3)")
     config_file: str | None = Field(None, description="your own DeepSpeed JSON instead of the options above")
@@ -305,7 +278,9 @@ class DeepSpeedSpec(Strict):
 
 class FsdpSpec(Strict):
     sharding_strategy: Literal["FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"] = "FULL_SHARD"
-    auto_wrap_policy: Literal["TRANSFORMER_BASED_WRAP", "SIZE_BASED_WRAP", "NO_WRAP"] = "TRANSFORMER_BASED_WRAP"
+    auto_wrap_policy: Literal["TRANSFORMER_BASED_WRAP", "SIZE_BASED_WRAP", "NO_WRAP"] = (
+        "TRANSFORMER_BASED_WRAP"
+    )
     state_dict_type: Literal["FULL_STATE_DICT", "SHARDED_STATE_DICT"] = Field(
         "FULL_STATE_DICT", description="FULL: one consolidated file at the end (loadable by transformers)"
     )
@@ -316,11 +291,16 @@ class LaunchSpec(Strict):
     """Where the run executes: one process here, or accelerate-launched workers (DDP, DeepSpeed, FSDP)."""
 
     device: Literal["auto", "cuda", "mps", "cpu"] = Field(
-        "auto", description="where every command runs: auto = a CUDA GPU, else Apple MPS, else the CPU; cpu also "
-        "runs several processes as CPU workers"
+        "auto",
+        description="where every command runs: auto = a CUDA GPU, else Apple MPS, else the CPU; cpu also "
+        "runs several processes as CPU workers",
     )
-    num_processes: int | Literal["auto"] = Field(1, description="processes per machine; auto = every visible GPU")
-    num_machines: int = Field(1, gt=0, description="nodes; run the same command on each with its machine_rank")
+    num_processes: int | Literal["auto"] = Field(
+        1, description="processes per machine; auto = every visible GPU"
+    )
+    num_machines: int = Field(
+        1, gt=0, description="nodes; run the same command on each with its machine_rank"
+    )
     machine_rank: int = Field(0, ge=0, description="this node's rank (0 = main)")
     main_process_ip: str | None = Field(None, description="the main node's address (multi-node)")
     main_process_port: int = Field(29500, gt=0, lt=65536, description="rendezvous port")
@@ -343,7 +323,11 @@ class LaunchSpec(Strict):
 class Recipe(Strict):
     description: str | None = Field(None, description="one line shown by `ftcli recipes`")
     task: Task = Field(
-        "sft", description="pretrain, sft, caption (ftcli train); dpo, reward, kto, orpo, simpo (ftcli align)"
+        "sft",
+        description="; ".join(
+            f"{', '.join(t for t, s in TASKS.items() if s.command == c)} (ftcli {c})"
+            for c in ("train", "align")
+        ),
     )
     model: ModelSpec
     method: Method = Field(default_factory=FullMethod)
@@ -371,66 +355,8 @@ class Recipe(Strict):
         return value
 
     @model_validator(mode="after")
-    def _check_combinations(self) -> Recipe:
-        for src in [*self.data.sources, *self.data.eval_sources]:
-            fmt = src.format or self.data.format
-            if fmt not in TASK_FORMATS[self.task]:
-                hint = "; image data trains with task: caption" if fmt in IMAGE_FORMATS else ""
-                raise ValueError(
-                    f"data.format: task {self.task} cannot learn from {fmt} rows "
-                    f"(it takes {', '.join(TASK_FORMATS[self.task])}){hint}"
-                )
-        kind = self.method.type
-        if self.task == "caption":
-            self._check_caption()
-        elif self.multimodal is not None:
-            raise ValueError("multimodal: only task: caption reads it; set task: caption or remove the block")
-        if kind in ("prefix", "prompt") and self.data.packing:
-            raise ValueError(
-                f"data.packing: {kind} tuning prepends virtual tokens to each row, so packed rows would share one "
-                "prefix; set data.packing: false"
-            )
-        if kind == "prefix" and self.training.gradient_checkpointing is True:
-            raise ValueError(
-                "training.gradient_checkpointing: peft's prefix tuning keeps its prefix in the key/value cache, "
-                "which gradient checkpointing cannot recompute; set it to false (auto already does)"
-            )
-        if self.training.precision == "fp16" and kind == "qlora" and self.method.compute_dtype == "bfloat16":
-            raise ValueError("training.precision: fp16 autocast with bf16 QLoRA compute mixes dtypes; use bf16")
-        if self.align.ref_model and (kind != "full" or self.task not in ("dpo", "kto")):
-            raise ValueError(
-                "align.ref_model: an explicit reference model is for full fine-tuning with dpo or kto; adapters use "
-                "the starting model with the adapter disabled, and orpo/simpo/reward need none"
-            )
-        if self.task in ALIGN_TASKS and self.data.packing:
-            raise ValueError("data.packing: preference pairs are scored whole; packing applies to train tasks only")
-        if self.data.eval_sources and self.data.eval_fraction:
-            raise ValueError("data.eval_fraction: set either eval_fraction or eval_sources, not both")
+    def _rules(self) -> Recipe:
+        from ftcli.recipe import rules
+
+        rules.apply(self)
         return self
-
-    def _check_caption(self) -> None:
-        if self.multimodal is None:
-            raise ValueError("multimodal.vision_model: task caption needs a vision encoder, e.g. "
-                             "multimodal: {vision_model: openai/clip-vit-base-patch16}")  # fmt: skip
-        kind = self.method.type
-        if kind not in ("full", "lora", "qlora"):
-            raise ValueError(f"method.type: task caption trains with full, lora or qlora, not {kind}")
-        if kind == "full" and (self.method.keys_to_finetune or self.method.keys_to_freeze):
-            raise ValueError("method.keys_to_finetune: for task caption the parts are chosen by "
-                             "multimodal.keys_to_finetune / keys_to_freeze")  # fmt: skip
-        if self.data.packing:
-            raise ValueError("data.packing: each caption row carries its own image; packing applies to text tasks")
-        if self.output.merge:
-            raise ValueError("output.merge: a caption run is rebuilt from its two base checkpoints; there is no "
-                             "single merged model to write")  # fmt: skip
-        if (self.model.attn_implementation or "").startswith("flash"):
-            raise ValueError("model.attn_implementation: the GIT mask is a custom 4D mask, which flash attention "
-                             "cannot take; use sdpa or eager")  # fmt: skip
-
-    def packing_enabled(self) -> bool:
-        if self.data.packing is not None:
-            return self.data.packing
-        return self.method.type not in ("prefix", "prompt") and self.task in ("pretrain", "sft")
-
-    def max_prompt_length(self) -> int:
-        return self.align.max_prompt_length or self.data.max_length // 2

@@ -1,6 +1,6 @@
 """`task: caption` — GIT-style vision-language training (image captioning and image-instruction SFT) with
 transformers' Trainer on ftcli's GIT model: image rows are tokenized by the data layer, images are read and
-preprocessed per batch, and checkpoints and outputs hold only the trained tensors."""
+preprocessed per batch, and checkpoints and outputs hold only the trained tensors (upstream.TrainedTensorsOnly)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,10 @@ from pathlib import Path
 from ftcli import report
 from ftcli.data.collate import ImageCollator
 from ftcli.models.memory import choose_gradient_checkpointing
-from ftcli.models.multimodal import (
-    build_git,
-    image_token_count,
-    load_trained,
-    part_counts,
-    save_git_outputs,
-    save_trained,
-)
+from ftcli.models.multimodal import build_git, image_token_count, part_counts, save_git_outputs
 from ftcli.recipe.schema import Recipe
 from ftcli.tasks.runner import Setup, make_trainer, run_task, train_and_save, training_args
+from ftcli.upstream import TrainedTensorsOnly
 
 PART_NAMES = {"vision": "vision", "projection": "projection", "lm": "LM", "head": "head", "adapters": "LoRA"}
 
@@ -31,28 +25,35 @@ class CaptionSetup(Setup):
     def build_model(self, tokens_per_step: int):
         recipe = self.recipe
         model, self.processor = build_git(recipe)
-        tokens = tokens_per_step + recipe.training.batch_size * image_token_count(model)  # image tokens go first
+        tokens = tokens_per_step + recipe.training.batch_size * image_token_count(
+            model
+        )  # image tokens go first
         setting = recipe.training.gradient_checkpointing
-        self.checkpointing, self.checkpointing_why = choose_gradient_checkpointing(setting, model.lm, tokens, self.device)
+        self.checkpointing, self.checkpointing_why = choose_gradient_checkpointing(
+            setting, model.lm, tokens, self.device
+        )
         self.parts = part_counts(model)
         return model
 
     def plan_rows(self) -> list[tuple[str, str]]:
         spec = self.recipe.multimodal
-        parts = ", ".join(f"{PART_NAMES[p]} {report.human(trainable)}/{report.human(total)}"
-                          for p, (total, trainable) in self.parts.items())  # fmt: skip
+        parts = ", ".join(
+            f"{PART_NAMES[p]} {report.human(trainable)}/{report.human(total)}"
+            for p, (total, trainable) in self.parts.items()
+        )
         lm = self.model.lm
         if "head" in self.parts and lm.get_output_embeddings().weight is lm.get_input_embeddings().weight:
             parts += " (the head is tied to the input embeddings: training one trains both)"
         return [("vision model", spec.vision_model), ("trainable by part", parts)]
 
     def save_outputs(self, model, out: Path, weights: bool) -> dict:
-        return save_git_outputs(model, self.tokenizer, self.processor, self.recipe, out, self.parts,
-                                self.trained_template())  # fmt: skip
+        return save_git_outputs(
+            model, self.tokenizer, self.processor, self.recipe, out, self.parts, self.trained_template()
+        )
 
 
 def _train(recipe: Recipe, out: Path, resume: bool, on_done=None) -> dict:
-    from transformers import TrainingArguments
+    from transformers import Trainer, TrainingArguments
 
     setup = CaptionSetup(recipe, tokens_per_step=recipe.training.batch_size * recipe.data.max_length)
     pad = setup.tokenizer.pad_token_id
@@ -60,32 +61,18 @@ def _train(recipe: Recipe, out: Path, resume: bool, on_done=None) -> dict:
     eval_collator = ImageCollator(pad, image_processor=setup.processor)
     args = training_args(TrainingArguments, recipe, out, setup, include_num_input_tokens_seen="non_padding")
     callback = report.make_callback(out, train_collator)
-    trainer = make_trainer(_git_trainer(), setup, args, train_collator, eval_collator, callback)
+    trainer = make_trainer(Trainer, setup, args, train_collator, eval_collator, callback, TrainedTensorsOnly)
     summary = train_and_save(trainer, setup, out, resume, callback, on_done)
     seconds = summary["train_seconds"]
     summary.update(
-        final_eval_perplexity=report.perplexity(summary["final_eval_loss"]) if summary["final_eval_loss"] else None,
-        images_per_s=round(trainer.state.global_step * recipe.training.batch_size * recipe.training.grad_accum
-                           / seconds, 2) if seconds > 0 else None,
+        final_eval_perplexity=report.perplexity(summary["final_eval_loss"])
+        if summary["final_eval_loss"]
+        else None,
+        images_per_s=round(
+            trainer.state.global_step * recipe.training.batch_size * recipe.training.grad_accum / seconds, 2
+        )
+        if seconds > 0
+        else None,
         trainable_by_part={p: trainable for p, (_, trainable) in setup.parts.items()},
-    )  # fmt: skip
+    )
     return summary
-
-
-def _git_trainer():
-    """transformers' Trainer, with checkpoints that hold only the trained tensors (not a copy of both frozen base
-    models)."""
-    from transformers import Trainer
-
-    class GitTrainer(Trainer):
-        def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-            if not self.args.should_save:
-                return
-            path = Path(output_dir or self.args.output_dir)
-            path.mkdir(parents=True, exist_ok=True)
-            save_trained(self.accelerator.unwrap_model(self.model), path)
-
-        def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-            load_trained(self.accelerator.unwrap_model(model or self.model), Path(resume_from_checkpoint), key="--resume")
-
-    return GitTrainer

@@ -14,10 +14,27 @@ from ftcli.errors import RecipeError
 from ftcli.recipe.schema import Recipe
 from ftcli.tasks.preference import evaluation_accuracy, reference_model
 from ftcli.tasks.runner import Setup, run_task, train_and_save, training_args
+from ftcli.upstream import PreparedPairs, dpo_loss_types, trainer_class
 
 
 def run(recipe: Recipe, overwrite: bool = False, resume: bool = False, on_done=None) -> dict:
     return run_task(recipe, lambda r, out, res: _train(r, out, res, on_done), overwrite, resume)
+
+
+def check(recipe: Recipe) -> None:
+    """Before the run dir is made: TRL itself checks the loss name only at the first training step."""
+    known = dpo_loss_types()
+    unknown = [t for t in _loss_types(recipe) if known and t not in known]
+    if unknown:
+        raise RecipeError(
+            f"{unknown[0]!r} is not a DPO loss of the installed TRL; it offers {', '.join(known)}",
+            key="align.loss_type",
+        )
+
+
+def _loss_types(recipe: Recipe) -> list[str]:
+    loss_type = recipe.align.loss_type
+    return [loss_type] if isinstance(loss_type, str) else list(loss_type)
 
 
 def _train(recipe: Recipe, out: Path, resume: bool, on_done=None) -> dict:
@@ -25,29 +42,22 @@ def _train(recipe: Recipe, out: Path, resume: bool, on_done=None) -> dict:
 
     setup = Setup(recipe, tokens_per_step=2 * recipe.training.batch_size * recipe.data.max_length)
     a = recipe.align
-    loss_type = [a.loss_type] if isinstance(a.loss_type, str) else list(a.loss_type)
-    known = _dpo_loss_types()
-    unknown = [t for t in loss_type if known and t not in known]
-    if unknown:
-        raise RecipeError(f"{unknown[0]!r} is not a DPO loss of the installed TRL; it offers {', '.join(known)}",
-                          key="align.loss_type")  # fmt: skip
     args = training_args(
-        DPOConfig, recipe, out, setup,
-        beta=a.default_beta("dpo"),
-        loss_type=loss_type,
+        DPOConfig,
+        recipe,
+        out,
+        setup,
+        beta=a.beta,
+        loss_type=_loss_types(recipe),
         loss_weights=a.loss_weights,
         label_smoothing=a.label_smoothing,
         precompute_ref_log_probs=a.precompute_ref_log_probs,
         max_length=None,  # pairs are already cut to data.max_length / align.max_prompt_length
-    )  # fmt: skip
-
-    class Trainer(DPOTrainer):
-        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-            return dataset  # tokenized, templated and length-checked by ftcli's data layer
+    )
 
     callback = report.make_callback(out)
     try:
-        trainer = Trainer(
+        trainer = trainer_class(DPOTrainer, PreparedPairs)(  # pairs tokenized and length-checked by ftcli
             model=setup.model,
             ref_model=reference_model(recipe, setup),
             args=args,
@@ -57,16 +67,9 @@ def _train(recipe: Recipe, out: Path, resume: bool, on_done=None) -> dict:
             callbacks=[callback],
         )
     except (ValueError, NotImplementedError) as exc:
-        raise RecipeError(f"TRL's DPOTrainer refused this setup: {str(exc).splitlines()[0]}", key="method.type") from None
+        raise RecipeError(
+            f"TRL's DPOTrainer refused this setup: {str(exc).splitlines()[0]}", key="method.type"
+        ) from None
     summary = train_and_save(trainer, setup, out, resume, callback, on_done)
     summary.update(evaluation_accuracy(summary, "rewards/accuracies", "rewards/margins"))
     return summary
-
-
-def _dpo_loss_types() -> list[str]:
-    import re
-
-    from trl import DPOConfig
-
-    help_text = DPOConfig.__dataclass_fields__["loss_type"].metadata.get("help", "")
-    return re.findall(r"`'([a-z_]+)'`", help_text)

@@ -1,19 +1,16 @@
-"""Trainer callbacks that keep a run's work safe: stop cleanly on SIGTERM or Ctrl-C with a checkpoint to resume
-from, and stop at a non-finite loss instead of training on garbage; and checkpoints that are written atomically."""
+"""What keeps a run's work safe while it trains: stop cleanly on SIGTERM or Ctrl-C with a checkpoint to resume
+from, and stop at a non-finite loss instead of training on garbage. (Checkpoints written atomically:
+ftcli/upstream.py.)"""
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
-import shutil
 import signal
 import sys
 import threading
-from pathlib import Path
 
 from ftcli.errors import UserError
-from ftcli.run_dir import clear_staging, staging_dir
 
 
 class Stopped(UserError):
@@ -30,8 +27,11 @@ class Diverged(UserError):
 
 
 def _stop_now(signum, frame):
-    raise Stopped(f"stopped by {signal.Signals(signum).name} before any training step could finish; nothing to "
-                  "resume from yet", signum)  # fmt: skip
+    raise Stopped(
+        f"stopped by {signal.Signals(signum).name} before any training step could finish; nothing to "
+        "resume from yet",
+        signum,
+    )
 
 
 @contextlib.contextmanager
@@ -62,7 +62,10 @@ def make_guards():
 
         def on_train_begin(self, args, state, control, **kw):
             # only where nobody else handles them (a caller's own handlers win over ftcli's defaults)
-            ours = ((signal.SIGTERM, (signal.SIG_DFL, _stop_now)), (signal.SIGINT, (signal.default_int_handler,)))
+            ours = (
+                (signal.SIGTERM, (signal.SIG_DFL, _stop_now)),
+                (signal.SIGINT, (signal.default_int_handler,)),
+            )
             for signum, defaults in ours:
                 if signal.getsignal(signum) in defaults:
                     self.previous[signum] = signal.signal(signum, self._on_signal)
@@ -71,7 +74,10 @@ def make_guards():
             self.signalled = signum  # acted on at the end of the current step
             if signum == signal.SIGINT:  # a second Ctrl-C aborts at once, without the checkpoint
                 signal.signal(signal.SIGINT, self.previous.pop(signal.SIGINT))
-                print("\nstopping after this step with a checkpoint (Ctrl-C again to abort now)", file=sys.stderr)
+                print(
+                    "\nstopping after this step with a checkpoint (Ctrl-C again to abort now)",
+                    file=sys.stderr,
+                )
 
         def on_step_end(self, args, state, control, **kw):
             if self._anyone_signalled(args):
@@ -93,68 +99,20 @@ def make_guards():
         def on_log(self, args, state, control, logs=None, **kw):
             loss = (logs or {}).get("loss")
             if loss is not None and not math.isfinite(loss):
-                raise Diverged(f"the training loss became {loss} by step {state.global_step}; lower "
-                               "training.learning_rate or check the data (earlier checkpoints are kept)")  # fmt: skip
+                raise Diverged(
+                    f"the training loss became {loss} by step {state.global_step}; lower "
+                    "training.learning_rate or check the data (earlier checkpoints are kept)"
+                )
 
         def on_train_end(self, args, state, control, **kw):
             for signum, handler in self.previous.items():
                 signal.signal(signum, handler)
             if self.signalled:
                 name = signal.Signals(self.signalled).name
-                raise Stopped(f"stopped by {name} at step {state.global_step}; a checkpoint was saved, continue "
-                              "with --resume", self.signalled)  # fmt: skip
+                raise Stopped(
+                    f"stopped by {name} at step {state.global_step}; a checkpoint was saved, continue "
+                    "with --resume",
+                    self.signalled,
+                )
 
     return Guards()
-
-
-def atomic_checkpoints(trainer) -> None:
-    """Make `trainer` (any transformers.Trainer) write each checkpoint-N into a staging dir and rename it into place
-    once every file is in, so a kill during a save never leaves a broken newest checkpoint. The staging dirs of
-    saves killed in an earlier attempt are dropped first: on the main process, before training, so before any
-    worker can be writing into one (workers block on the main one when training starts)."""
-    if trainer.args.should_save:
-        clear_staging(Path(trainer.args.output_dir))
-    cls = type(trainer)
-    trainer.__class__ = type(cls.__name__, (_AtomicCheckpoints, cls), {})
-
-
-class _AtomicCheckpoints:
-    """Mixed in ahead of a Trainer class. While a checkpoint is saved, the Trainer's run dir is the staging dir, so
-    whatever it writes for checkpoint-N (model, optimizer, scheduler, scaler, every process's RNG state,
-    trainer_state.json last, and what TRL's overrides add) lands in <staging>/checkpoint-N."""
-
-    _staging: str | None = None
-
-    def _get_output_dir(self, trial) -> str:
-        return self._staging or super()._get_output_dir(trial)
-
-    def _save_checkpoint(self, model, trial) -> None:
-        run_dir = Path(super()._get_output_dir(trial))
-        staging = staging_dir(run_dir, self.state.global_step)
-        name = f"checkpoint-{self.state.global_step}"
-        staged, final = staging / name, run_dir / name
-        self._staging = str(staging)
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self._staging = None
-        if self.state.best_model_checkpoint == str(staged):  # it was recorded where it was being written
-            self.state.best_model_checkpoint = str(final)
-            if self.args.should_save:
-                self.state.save_to_json(str(staged / "trainer_state.json"))
-        self.accelerator.wait_for_everyone()  # each process writes its own RNG state (and shards) into staging
-        if not self.args.should_save:
-            return
-        if final.exists():  # an incomplete checkpoint-N written in place by an older version
-            shutil.rmtree(final)
-        os.replace(staged, final)
-        staging.rmdir()
-        # The Trainer rotated inside the staging dir, where this checkpoint is alone; rotate the real ones.
-        from transformers.trainer_utils import rotate_checkpoints
-
-        rotate_checkpoints(
-            output_dir=str(run_dir),
-            save_total_limit=self.args.save_total_limit,
-            best_model_checkpoint=self.state.best_model_checkpoint,
-            use_mtime=True,  # as the Trainer does
-        )

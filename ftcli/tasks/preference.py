@@ -1,8 +1,9 @@
-"""Pieces the preference objectives (dpo, kto, orpo, simpo, reward) share: the reference model and the
+"""Pieces the preference objectives (dpo, kto, reward) share: the reference model and the
 preference-accuracy summary fields."""
 
 from __future__ import annotations
 
+from ftcli.recipe.registry import METHODS
 from ftcli.recipe.schema import Recipe
 
 
@@ -10,7 +11,7 @@ def reference_model(recipe: Recipe, setup):
     """Full fine-tuning needs a separate frozen reference: `align.ref_model`, else the starting model. Adapter
     methods return None: TRL then scores the reference through the same weights with the adapter disabled (or a
     frozen copy of a continued adapter)."""
-    if recipe.method.type != "full":
+    if not METHODS[recipe.method.type].trains_base:
         return None
     from ftcli.models.load import load_base_model
 

@@ -9,6 +9,7 @@ from ftcli import report
 from ftcli.recipe.schema import Recipe
 from ftcli.tasks.preference import evaluation_accuracy
 from ftcli.tasks.runner import Setup, run_task, train_and_save, training_args
+from ftcli.upstream import trainer_class
 
 
 def run(recipe: Recipe, overwrite: bool = False, resume: bool = False, on_done=None) -> dict:
@@ -20,12 +21,15 @@ def _train(recipe: Recipe, out: Path, resume: bool, on_done=None) -> dict:
 
     setup = Setup(recipe, tokens_per_step=2 * recipe.training.batch_size * recipe.data.max_length)
     args = training_args(
-        RewardConfig, recipe, out, setup,
+        RewardConfig,
+        recipe,
+        out,
+        setup,
         max_length=None,  # pairs are already cut to data.max_length
         center_rewards_coefficient=recipe.align.center_rewards_coefficient,
-    )  # fmt: skip
+    )
     callback = report.make_callback(out)
-    trainer = RewardTrainer(
+    trainer = trainer_class(RewardTrainer)(
         model=setup.model,
         args=args,
         train_dataset=_whole_sequences(setup.data.train),
@@ -41,7 +45,9 @@ def _train(recipe: Recipe, out: Path, resume: bool, on_done=None) -> dict:
 def _whole_sequences(pairs):
     """A reward model scores prompt+answer as one sequence; RewardTrainer takes chosen_ids/rejected_ids so."""
     return pairs.map(
-        lambda row: {"chosen_ids": row["prompt_ids"] + row["chosen_ids"],
-                     "rejected_ids": row["prompt_ids"] + row["rejected_ids"]},
+        lambda row: {
+            "chosen_ids": row["prompt_ids"] + row["chosen_ids"],
+            "rejected_ids": row["prompt_ids"] + row["rejected_ids"],
+        },
         remove_columns=["prompt_ids"],
-    )  # fmt: skip
+    )

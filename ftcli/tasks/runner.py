@@ -19,12 +19,24 @@ from ftcli.models.load import load_base_model, load_tokenizer, model_source, tra
 from ftcli.models.memory import choose_gradient_checkpointing
 from ftcli.models.methods import apply_method, parameter_counts
 from ftcli.models.save import save_model_outputs
+from ftcli.recipe.registry import METHODS, TASKS
 from ftcli.recipe.schema import Recipe
-from ftcli.run_dir import FINAL_STAGING, freeze_recipe, newest_checkpoint, open_run_dir, publish, run_dir_of
-from ftcli.tasks.guards import Diverged, Stopped, atomic_checkpoints, make_guards, stop_on_signals
+from ftcli.run_dir import (
+    FINAL_STAGING,
+    clear_staging,
+    freeze_recipe,
+    newest_checkpoint,
+    open_run_dir,
+    publish,
+    run_dir_of,
+)
+from ftcli.tasks.guards import Diverged, Stopped, make_guards, stop_on_signals
+from ftcli.upstream import trainer_class
 
 
-def run_task(recipe: Recipe, train: Callable[[Recipe, Path, bool], dict], overwrite=False, resume=False) -> dict:
+def run_task(
+    recipe: Recipe, train: Callable[[Recipe, Path, bool], dict], overwrite=False, resume=False
+) -> dict:
     """Open and lock the run dir, record the recipe, and keep summary.json's status true however the run ends:
     completed, failed (a user error, a loss or weights gone NaN), interrupted (Ctrl-C, SIGTERM, at any stage) or
     crashed (an internal error, its message recorded). In an accelerate worker the launching command has opened
@@ -36,7 +48,12 @@ def run_task(recipe: Recipe, train: Callable[[Recipe, Path, bool], dict], overwr
         out, lock = open_run_dir(recipe, overwrite=overwrite, resume=resume)
         freeze_recipe(recipe, out)
     write = dispatch.is_main_process()
-    summary: dict = {"status": "running", "task": recipe.task, "method": recipe.method.type, "run_dir": str(out)}
+    summary: dict = {
+        "status": "running",
+        "task": recipe.task,
+        "method": recipe.method.type,
+        "run_dir": str(out),
+    }
     started = time.time()
     try:
         with stop_on_signals():
@@ -50,8 +67,11 @@ def run_task(recipe: Recipe, train: Callable[[Recipe, Path, bool], dict], overwr
     except BaseException as exc:
         user = isinstance(exc, UserError) or environment_error(exc) is not None  # a full disk is no crash
         line = environment_error(exc) or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        summary.update(status="failed" if user else "crashed", error=redact.mask(line),
-                       exit_code=getattr(exc, "exit_code", 2 if user else 1))  # fmt: skip
+        summary.update(
+            status="failed" if user else "crashed",
+            error=redact.mask(line),
+            exit_code=getattr(exc, "exit_code", 2 if user else 1),
+        )
         raise
     finally:
         summary["wall_time_s"] = round(time.time() - started, 2)
@@ -72,7 +92,9 @@ class Setup:
         self.recipe = recipe
         self.device = device_of(recipe)
         self.tokenizer = load_tokenizer(recipe.model)
-        with _main_process_first(recipe):  # workers: the main one tokenizes into the cache, the others then read it
+        with _main_process_first(
+            recipe
+        ):  # workers: the main one tokenizes into the cache, the others then read it
             self.data: PreparedData = prepare_data(recipe, self.tokenizer, log=report.phase)
         report.print_prepare_stats(self.data.stats, self.data.cache_dir, self.data.cache_hit)
         import transformers
@@ -84,24 +106,36 @@ class Setup:
         training_config(self.model)
         self.total, self.trainable = parameter_counts(self.model)
         if self.trainable == 0:
-            raise RecipeError("no parameter is trainable; check method.keys_to_finetune / keys_to_freeze", key="method")
+            raise RecipeError(
+                "no parameter is trainable; check method.keys_to_finetune / keys_to_freeze", key="method"
+            )
         self.has_eval = self.data.eval is not None and len(self.data.eval) > 0
         self.precision = precision(recipe)
-        self.learning_rate = recipe.training.default_learning_rate(recipe.method.type, recipe.task)
+        self.learning_rate = (
+            recipe.training.learning_rate
+        )  # resolved from task and method when the recipe loaded
 
     def build_model(self, tokens_per_step: int):
         """The base model with the recipe's method applied; sets the gradient checkpointing choice."""
         recipe = self.recipe
         model = load_base_model(recipe)
-        if recipe.task == "reward" and model.config.pad_token_id is None:
-            model.config.pad_token_id = self.tokenizer.pad_token_id  # the score is read at the last non-pad token
+        if TASKS[recipe.task].head == "score" and model.config.pad_token_id is None:
+            model.config.pad_token_id = (
+                self.tokenizer.pad_token_id
+            )  # the score is read at the last non-pad token
         model = apply_method(model, recipe, model_source(recipe.model))
-        if recipe.method.type == "prefix":  # its learned prefix lives in the KV cache, which checkpointing cannot replay
-            self.checkpointing, self.checkpointing_why = False, "off: prefix tuning cannot use it"
+        if not METHODS[
+            recipe.method.type
+        ].checkpointing:  # e.g. a prefix lives in the KV cache, which it cannot replay
+            self.checkpointing, self.checkpointing_why = (
+                False,
+                f"off: {recipe.method.type} tuning cannot use it",
+            )
         else:  # estimated on the adapted model: only what it trains has gradients and optimizer state
             setting = recipe.training.gradient_checkpointing
-            self.checkpointing, self.checkpointing_why = choose_gradient_checkpointing(setting, model, tokens_per_step,
-                                                                                        self.device)  # fmt: skip
+            self.checkpointing, self.checkpointing_why = choose_gradient_checkpointing(
+                setting, model, tokens_per_step, self.device
+            )
         return model
 
     def plan_rows(self) -> list[tuple[str, str]]:
@@ -157,11 +191,12 @@ def training_args(config_cls, recipe: Recipe, out: Path, setup: Setup, **extra):
     )
 
 
-def make_trainer(trainer_cls, setup: Setup, args, train_collator, eval_collator, callback):
-    """A `trainer_cls` on the setup's model and data whose eval batches go through their own collator, so the
-    train collator's token counts (tokens/s, padding fraction) stay train-only."""
+def make_trainer(trainer_cls, setup: Setup, args, train_collator, eval_collator, callback, *mixins):
+    """A `trainer_cls` (with ftcli's atomic checkpoints and `mixins`) on the setup's model and data, whose eval
+    batches go through their own collator, so the train collator's token counts (tokens/s, padding fraction)
+    stay train-only."""
 
-    class Trainer(trainer_cls):
+    class Trainer(trainer_class(trainer_cls, *mixins)):
         def get_eval_dataloader(self, eval_dataset=None):
             self.data_collator = eval_collator
             try:
@@ -187,10 +222,13 @@ def train_and_save(trainer, setup: Setup, out: Path, resume: bool, callback, on_
     from transformers.trainer_callback import PrinterCallback
 
     recipe = setup.recipe
-    setup.weights_dtype = cast_trained(trainer.model, recipe)  # after the trainer: TRL casts QLoRA adapters to bf16
+    setup.weights_dtype = cast_trained(
+        trainer.model, recipe
+    )  # after the trainer: TRL casts QLoRA adapters to bf16
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts to stdout, which is for results
     trainer.add_callback(make_guards())
-    atomic_checkpoints(trainer)  # a save killed midway leaves no checkpoint-N
+    if trainer.args.should_save:  # what saves killed in an earlier attempt left (before any worker writes)
+        clear_staging(out)
     _print_plan(setup, trainer)
     checkpoint = newest_checkpoint(out, report=report.phase) if resume else None
     with _numerics(setup, trainer.model):
@@ -234,15 +272,25 @@ def train_and_save(trainer, setup: Setup, out: Path, resume: bool, callback, on_
         "device": setup.device,
         "weights_dtype": setup.weights_dtype,
         "learning_rate": setup.learning_rate,
-        "data": {"cache_hit": setup.data.cache_hit, "cache_dir": setup.data.cache_dir, "packed": setup.data.packed,
-                 "train_rows": len(setup.data.train), "eval_rows": len(setup.data.eval) if setup.has_eval else 0},
+        "data": {
+            "cache_hit": setup.data.cache_hit,
+            "cache_dir": setup.data.cache_dir,
+            "packed": setup.data.packed,
+            "train_rows": len(setup.data.train),
+            "eval_rows": len(setup.data.eval) if setup.has_eval else 0,
+        },
         "outputs": saved,
-        "final_eval": {k.removeprefix("eval_"): v for k, v in final_eval.items()
-                       if isinstance(v, (int, float)) and not k.endswith(("_runtime", "_per_second"))},
-    }  # fmt: skip
+        "final_eval": {
+            k.removeprefix("eval_"): v
+            for k, v in final_eval.items()
+            if isinstance(v, (int, float)) and not k.endswith(("_runtime", "_per_second"))
+        },
+    }
     report.console.print(
         f"[green]done[/] {summary['steps']} steps in {train_seconds:.1f}s, loss {summary['first_loss']} -> "
-        f"{summary['final_loss']}" + (f", eval {summary['final_eval_loss']:.4f}" if final_eval else "") + f"  {out}"
+        f"{summary['final_loss']}"
+        + (f", eval {summary['final_eval_loss']:.4f}" if final_eval else "")
+        + f"  {out}"
     )
     return summary
 
@@ -254,12 +302,16 @@ def _check_finite(trainer, training_loss: float) -> None:
 
     step = trainer.state.global_step
     if training_loss is not None and not math.isfinite(training_loss):
-        raise Diverged(f"the training loss is {training_loss} after step {step}; lower training.learning_rate or check "
-                       "the data (earlier checkpoints are kept)")  # fmt: skip
+        raise Diverged(
+            f"the training loss is {training_loss} after step {step}; lower training.learning_rate or check "
+            "the data (earlier checkpoints are kept)"
+        )
     for name, param in trainer.model.named_parameters():
         if param.requires_grad and param.numel() and not torch.isfinite(param.detach()).all():
-            raise Diverged(f"the trained weights hold NaN/inf after step {step} ({name}); lower "
-                           "training.learning_rate or set training.max_grad_norm (earlier checkpoints are kept)")  # fmt: skip
+            raise Diverged(
+                f"the trained weights hold NaN/inf after step {step} ({name}); lower "
+                "training.learning_rate or set training.max_grad_norm (earlier checkpoints are kept)"
+            )
 
 
 def _main_process_first(recipe: Recipe):
@@ -273,8 +325,10 @@ def _main_process_first(recipe: Recipe):
 def _checkpointing_args(config_cls, enabled: bool) -> dict:
     """transformers renamed gradient_checkpointing to activation_checkpointing in 5.x; use whichever it has."""
     name = "activation" if "activation_checkpointing" in config_cls.__dataclass_fields__ else "gradient"
-    return {f"{name}_checkpointing": enabled,
-            f"{name}_checkpointing_kwargs": {"use_reentrant": False} if enabled else None}  # fmt: skip
+    return {
+        f"{name}_checkpointing": enabled,
+        f"{name}_checkpointing_kwargs": {"use_reentrant": False} if enabled else None,
+    }
 
 
 def _numerics(setup: Setup, model):
@@ -284,11 +338,12 @@ def _numerics(setup: Setup, model):
     stays as it is and autocast runs the adapter's matmul in 16 bits from the fp32 weights."""
     recipe = setup.recipe
     stack = contextlib.ExitStack()
-    if recipe.method.type == "qlora" and recipe.method.bits == 4 and setup.device == "cpu":
+    method = METHODS[recipe.method.type]
+    if method.quantized and recipe.method.bits == 4 and setup.device == "cpu":
         from ftcli.models.bnb_cpu import training_layout
 
         stack.enter_context(training_layout(model))
-    if recipe.method.type in ("lora", "qlora") and setup.precision in ("bf16", "fp16"):
+    if method.peft_type == "LORA" and setup.precision in ("bf16", "fp16"):
         from peft.helpers import disable_input_dtype_casting
 
         stack.enter_context(disable_input_dtype_casting(model))
@@ -301,19 +356,25 @@ def _print_plan(setup: Setup, trainer) -> None:
     rows = [
         ("model", recipe.model.name + (" (trust_remote_code!)" if recipe.model.trust_remote_code else "")),
         ("task / method", f"{recipe.task} / {recipe.method.type}"),
-        ("parameters", f"{report.human(setup.total)} total, {report.human(setup.trainable)} trainable "
-                       f"({100 * setup.trainable / max(setup.total, 1):.2f}%)"),
-        ("data", f"{len(data.train)} train {'pairs' if 'chosen_ids' in data.train.column_names else 'rows'}"
-                 + (" (packed)" if data.packed else "")
-                 + (f", {len(data.eval)} eval" if data.eval is not None else "")
-                 + f", {report.human(data.stats['train']['tokens'])} tokens"),
+        (
+            "parameters",
+            f"{report.human(setup.total)} total, {report.human(setup.trainable)} trainable "
+            f"({100 * setup.trainable / max(setup.total, 1):.2f}%)",
+        ),
+        (
+            "data",
+            f"{len(data.train)} train {'pairs' if 'chosen_ids' in data.train.column_names else 'rows'}"
+            + (" (packed)" if data.packed else "")
+            + (f", {len(data.eval)} eval" if data.eval is not None else "")
+            + f", {report.human(data.stats['train']['tokens'])} tokens",
+        ),
         *setup.plan_rows(),
         ("steps", f"{trainer.state.max_steps or _planned_steps(trainer)} (effective batch {effective})"),
         ("learning rate", f"{setup.learning_rate:g} ({t.lr_scheduler})"),
         ("precision", f"{setup.precision} on {setup.device} (trained weights {setup.weights_dtype})"),
         ("gradient checkpointing", setup.checkpointing_why),
         ("output", str(trainer.args.output_dir)),
-    ]  # fmt: skip
+    ]
     report.print_table("plan", rows)
 
 

@@ -25,22 +25,26 @@ def _train(recipe: Recipe, out: Path, resume: bool, on_done=None) -> dict:
     pad = setup.tokenizer.pad_token_id
     train_collator, eval_collator = collator_cls(pad), collator_cls(pad)
     args = training_args(
-        SFTConfig, recipe, out, setup,
+        SFTConfig,
+        recipe,
+        out,
+        setup,
         include_num_input_tokens_seen="non_padding",
         dataset_kwargs={"skip_prepare_dataset": True},
         max_length=None,
         packing=False,  # already packed, without cross-row attention, by ftcli's data layer
-    )  # fmt: skip
+    )
     callback = report.make_callback(out, train_collator)
     trainer = make_trainer(SFTTrainer, setup, args, train_collator, eval_collator, callback)
     summary = train_and_save(trainer, setup, out, resume, callback, on_done)
     real, padded = train_collator.real_tokens, train_collator.padded_tokens
     seconds = summary["train_seconds"]
     summary.update(
-        final_eval_perplexity=report.perplexity(summary["final_eval_loss"]) if summary["final_eval_loss"] else None,
+        final_eval_perplexity=report.perplexity(summary["final_eval_loss"])
+        if summary["final_eval_loss"]
+        else None,
         tokens=trainer.state.num_input_tokens_seen,
         tokens_per_s=round(real / seconds, 1) if seconds > 0 else None,
         padding_fraction=round(1 - real / padded, 4) if padded else None,
     )
     return summary
-

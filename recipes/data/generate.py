@@ -52,28 +52,35 @@ def main():
     sharegpt = []
     for i in range(200):
         q, a = fact(rng) if i % 2 else colour_fact(rng)
-        sharegpt.append({"id": f"sg-{i}", "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]})
+        sharegpt.append(
+            {"id": f"sg-{i}", "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]}
+        )
     write("sharegpt.jsonl", sharegpt)
 
     alpaca = []
     for i in range(300):
         if i % 3 == 0:
             country = rng.choice(list(CAPITALS))
-            alpaca.append({"instruction": "Give the capital of the country.", "input": country,
-                           "output": f"The capital of {country} is {CAPITALS[country]}."})
+            alpaca.append(
+                {
+                    "instruction": "Give the capital of the country.",
+                    "input": country,
+                    "output": f"The capital of {country} is {CAPITALS[country]}.",
+                }
+            )
         else:
             q, a = colour_fact(rng) if i % 3 == 1 else fact(rng)
             alpaca.append({"instruction": q, "input": "", "output": a})
     write("alpaca.jsonl", alpaca)
 
     completion = []
-    for i in range(200):
+    for _ in range(200):
         country = rng.choice(list(CAPITALS))
         completion.append({"prompt": f"Country: {country}\nCapital:", "completion": f" {CAPITALS[country]}"})
     write("completion.jsonl", completion)
 
     text = []
-    for i in range(200):
+    for _ in range(200):
         sentences = []
         for _ in range(rng.randint(2, 6)):
             q, a = fact(rng) if rng.random() < 0.5 else colour_fact(rng)
@@ -82,30 +89,45 @@ def main():
     write("text.jsonl", text)
 
     preference = []
-    for i in range(300):
+    for _ in range(300):
         country = rng.choice(list(CAPITALS))
         wrong = rng.choice([c for k, c in CAPITALS.items() if k != country])
         q = rng.choice(QUESTIONS).format(c=country)
-        preference.append({"prompt": q, "chosen": f"The capital of {country} is {CAPITALS[country]}.",
-                           "rejected": f"The capital of {country} is {wrong}."})
+        preference.append(
+            {
+                "prompt": q,
+                "chosen": f"The capital of {country} is {CAPITALS[country]}.",
+                "rejected": f"The capital of {country} is {wrong}.",
+            }
+        )
     write("preference.jsonl", preference)
 
     # The same preference rule in the two other shapes real datasets use (appended after the existing sets so
     # those stay byte-identical). UltraFeedback-binarized: chosen/rejected are whole conversations repeating the
     # prompt turn. Anthropic HH: no prompt column, two transcripts that share everything up to the last answer.
     ultrafeedback, hh = [], []
-    for i in range(120):
+    for _ in range(120):
         country = rng.choice(list(CAPITALS))
         wrong = rng.choice([c for k, c in CAPITALS.items() if k != country])
         q = rng.choice(QUESTIONS).format(c=country)
         right_answer, wrong_answer = f"The capital of {country} is {CAPITALS[country]}.", f"It is {wrong}."
         user = {"role": "user", "content": q}
-        ultrafeedback.append({"prompt": q, "chosen": [user, {"role": "assistant", "content": right_answer}],
-                              "rejected": [user, {"role": "assistant", "content": wrong_answer}],
-                              "score_chosen": 9.0, "score_rejected": 2.0})
+        ultrafeedback.append(
+            {
+                "prompt": q,
+                "chosen": [user, {"role": "assistant", "content": right_answer}],
+                "rejected": [user, {"role": "assistant", "content": wrong_answer}],
+                "score_chosen": 9.0,
+                "score_rejected": 2.0,
+            }
+        )
         opener = "\n\nHuman: Hi, I have a geography question.\n\nAssistant: Sure, go ahead."
-        hh.append({"chosen": f"{opener}\n\nHuman: {q}\n\nAssistant: {right_answer}",
-                   "rejected": f"{opener}\n\nHuman: {q}\n\nAssistant: {wrong_answer}"})
+        hh.append(
+            {
+                "chosen": f"{opener}\n\nHuman: {q}\n\nAssistant: {right_answer}",
+                "rejected": f"{opener}\n\nHuman: {q}\n\nAssistant: {wrong_answer}",
+            }
+        )
     write("preference_ultrafeedback.jsonl", ultrafeedback)
     write("preference_hh.jsonl", hh)
 

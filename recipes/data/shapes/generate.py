@@ -12,8 +12,13 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 HERE = Path(__file__).parent
-COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 70, 220), "yellow": (235, 210, 20),
-           "purple": (140, 50, 170)}  # fmt: skip
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 60),
+    "blue": (40, 70, 220),
+    "yellow": (235, 210, 20),
+    "purple": (140, 50, 170),
+}
 SHAPES = ["circle", "square", "triangle"]
 SIZE = 32
 
@@ -54,11 +59,16 @@ def main() -> None:
             draw(rng, colour, shape).save(HERE / name, optimize=True)
             rows[split].append({"image": name, "colour": colour, "shape": shape})
     for split, items in rows.items():
-        write_jsonl(f"{split}.jsonl", [{"image": r["image"], "caption": f"a {r['colour']} {r['shape']}"} for r in items])
+        write_jsonl(
+            f"{split}.jsonl",
+            [{"image": r["image"], "caption": f"a {r['colour']} {r['shape']}"} for r in items],
+        )
     train = rows["train"]
     coco = {
         "info": {"description": "ftcli synthetic shapes, COCO-captions layout"},
-        "images": [{"id": i + 1, "file_name": r["image"], "width": SIZE, "height": SIZE} for i, r in enumerate(train)],
+        "images": [
+            {"id": i + 1, "file_name": r["image"], "width": SIZE, "height": SIZE} for i, r in enumerate(train)
+        ],
         "annotations": [
             {"id": 2 * i + k + 1, "image_id": i + 1, "caption": caption}
             for i, r in enumerate(train)
@@ -67,16 +77,28 @@ def main() -> None:
     }
     (HERE / "captions_coco.json").write_text(json.dumps(coco, indent=1) + "\n")
     questions = [("What colour is the shape?", "colour"), ("What shape is in the picture?", "shape")]
-    write_jsonl("instructions.jsonl", [
-        {"image": r["image"], "instruction": q, "input": "", "output": r[field]}
-        for i, r in enumerate(train) for q, field in [questions[i % 2]]
-    ])  # fmt: skip
-    write_jsonl("llava.jsonl", [
-        {"id": f"shape-{i}", "image": r["image"], "conversations": [
-            {"from": "human", "value": "<image>\nDescribe the picture."},
-            {"from": "gpt", "value": f"A {r['colour']} {r['shape']} on a light background."}]}
-        for i, r in enumerate(train)
-    ])  # fmt: skip
+    write_jsonl(
+        "instructions.jsonl",
+        [
+            {"image": r["image"], "instruction": q, "input": "", "output": r[field]}
+            for i, r in enumerate(train)
+            for q, field in [questions[i % 2]]
+        ],
+    )
+    write_jsonl(
+        "llava.jsonl",
+        [
+            {
+                "id": f"shape-{i}",
+                "image": r["image"],
+                "conversations": [
+                    {"from": "human", "value": "<image>\nDescribe the picture."},
+                    {"from": "gpt", "value": f"A {r['colour']} {r['shape']} on a light background."},
+                ],
+            }
+            for i, r in enumerate(train)
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,71 @@
+"""One test per library internal ftcli relies on (ftcli/upstream.py): each is still there, shaped as ftcli uses
+it. An upgrade that moves one fails here, by name, instead of quietly in a run."""
+
+import inspect
+
+import pytest
+
+
+def params(function) -> list[str]:
+    return list(inspect.signature(function).parameters)
+
+
+def test_trainer_checkpoint_hooks_atomic_checkpoints_overrides():
+    from transformers import Trainer
+    from transformers.trainer_utils import rotate_checkpoints
+
+    assert params(Trainer._save_checkpoint)[:3] == ["self", "model", "trial"]
+    assert params(Trainer._get_output_dir)[:2] == ["self", "trial"]
+    assert {"output_dir", "save_total_limit", "best_model_checkpoint", "use_mtime"} <= set(
+        params(rotate_checkpoints)
+    )
+
+
+def test_trainer_save_and_load_hooks_trained_tensors_only_overrides():
+    from transformers import Trainer
+
+    assert params(Trainer._save)[:3] == ["self", "output_dir", "state_dict"]
+    assert params(Trainer._load_from_checkpoint)[:3] == ["self", "resume_from_checkpoint", "model"]
+
+
+@pytest.mark.parametrize("trainer", ["DPOTrainer", "KTOTrainer"])
+def test_trl_prepare_dataset_prepared_pairs_overrides(trainer):
+    import trl
+
+    cls = getattr(trl, trainer)
+    assert params(cls._prepare_dataset)[:5] == ["self", "dataset", "processing_class", "args", "dataset_name"]
+    assert "_prepare_dataset(" in inspect.getsource(cls.__init__)  # still called while the trainer is built
+
+
+def test_dpo_loss_types_are_read_from_the_installed_trl():
+    from ftcli.upstream import dpo_loss_types
+
+    found = dpo_loss_types()
+    assert {"sigmoid", "ipo", "hinge", "robust"} <= set(found), found
+
+
+def test_vision_tower_classes_are_found_by_config_type():
+    from transformers import CLIPVisionModel, SiglipVisionModel
+
+    from ftcli.upstream import vision_model_class
+
+    assert vision_model_class("clip_vision_model") is CLIPVisionModel
+    assert vision_model_class("siglip_vision_model") is SiglipVisionModel
+    assert vision_model_class("llama") is not None and vision_model_class("no-such-type") is None
+
+
+def test_bitsandbytes_cpu_inference_layout_flag():
+    import bitsandbytes as bnb
+
+    from ftcli.upstream import BNB_CPU_INFERENCE_LAYOUT
+
+    assert BNB_CPU_INFERENCE_LAYOUT in inspect.getsource(bnb.nn.Linear4bit)
+
+
+def test_trainers_are_composed_not_patched():
+    from transformers import Trainer
+
+    from ftcli.upstream import AtomicCheckpoints, TrainedTensorsOnly, trainer_class
+
+    cls = trainer_class(Trainer, TrainedTensorsOnly)
+    assert cls.__mro__[1:4] == (TrainedTensorsOnly, AtomicCheckpoints, Trainer) and cls.__name__ == "Trainer"
