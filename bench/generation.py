@@ -33,7 +33,7 @@ def main() -> None:
 
     recipe = resolve_target(args.model, [f"infer.max_new_tokens={args.new_tokens}"])
     model, tokenizer = load_for_inference(recipe)
-    template = inference_template(recipe, tokenizer, raw=False)
+    template = inference_template(recipe, tokenizer)
     items = [
         Item(i, {"prompt": f"Question {i}: what is the capital of country number {i}?"}, "bench")
         for i in range(args.prompts)

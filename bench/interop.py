@@ -7,6 +7,8 @@ users take it next?
    5's; checks the tokenizer's llama.cpp pre-tokenizer hash is the base's.
 3. Converts merged/ to GGUF with llama.cpp's converter (its sources come inside PyPI's llama-cpp-python sdist),
    reads the file back with gguf-py and checks architecture, chat template and tensors against merged/.
+4. Loads the GGUF in llama.cpp itself (llama-cpp-python, built from that sdist for the CPU) and compares its
+   tokenization of a chat prompt, its logits and 32 greedy tokens with transformers on merged/.
 
 The builtin tokenizer is made in code, so no published list knows its pre-tokenizer hash; the converter is told
 to treat it as GPT-2 byte-level BPE (recorded as `pre_tokenizer_fallback`). A real base's hash still matches
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -49,10 +52,17 @@ ids = tok(probe, return_tensors="pt", add_special_tokens=False)["input_ids"]
 with torch.no_grad():
     merged = AutoModelForCausalLM.from_pretrained(run + "/merged").eval()(input_ids=ids).logits[0]
     adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), run).eval()(input_ids=ids).logits[0]
+try:  # what `model.generate(**tok(text))` users do: no token_type_ids may come from the tokenizer
+    AutoModelForCausalLM.from_pretrained(run + "/merged").generate(**tok(probe, return_tensors="pt"), max_new_tokens=4)
+    generates = True
+except ValueError:
+    generates = False
 chk = lambda path: hashlib.sha256(str(AutoTokenizer.from_pretrained(path).encode(chktxt)).encode()).hexdigest()
 print(json.dumps({
     "transformers": transformers.__version__,
     "tokenizer_class": type(tok).__name__,
+    "tokenizer_returns": sorted(tok(probe).keys()),
+    "generate_from_tokenizer_output": generates,
     "chat_template_kept": tok.chat_template == open(run + "/chat_template.jinja").read(),
     "merged_max_abs_diff": (merged - ref["merged"]).abs().max().item(),
     "adapter_max_abs_diff": (adapted - ref["adapter"]).abs().max().item(),
@@ -103,6 +113,33 @@ print(json.dumps({
 }))
 """
 
+# Runs inside the venv with llama-cpp-python: the GGUF's tokens, logits and greedy continuation of the probe.
+LLAMA_CPP = """
+import json, sys
+import numpy as np
+import torch
+from llama_cpp import Llama
+gguf, probe, reference, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+ref = torch.load(reference)
+llm = Llama(model_path=gguf, n_ctx=512, logits_all=True, verbose=False, seed=0)
+tokens = llm.tokenize(probe.encode(), add_bos=False, special=True)
+llm.eval(tokens)
+logits = np.asarray(llm.scores[: len(tokens)])
+greedy = []
+for _ in range(steps):
+    greedy.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+    llm.eval([greedy[-1]])
+text = llm.detokenize(greedy).decode("utf-8", errors="replace")
+print(json.dumps({
+    "tokens_equal": tokens == ref["probe_ids"],
+    "logits_max_abs_diff": float(np.abs(logits - ref["merged"].numpy()).max()),
+    "greedy_tokens_equal": greedy == ref["greedy_ids"],
+    "greedy_text_equal": text == ref["greedy_text"],
+    "greedy_text": text,
+}))
+"""
+GREEDY_STEPS = 32
+
 
 def sh(*command, **kwargs) -> str:
     done = subprocess.run([str(c) for c in command], capture_output=True, text=True, cwd=ROOT, **kwargs)
@@ -141,13 +178,17 @@ def main() -> None:
     ids = AutoTokenizer.from_pretrained(run)(PROBE, return_tensors="pt", add_special_tokens=False)[
         "input_ids"
     ]
+    merged = AutoModelForCausalLM.from_pretrained(run / "merged").eval()
     with torch.no_grad():
         reference = {
-            "merged": AutoModelForCausalLM.from_pretrained(run / "merged").eval()(input_ids=ids).logits[0],
+            "merged": merged(input_ids=ids).logits[0],
             "adapter": PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), run)
             .eval()(input_ids=ids)
             .logits[0],
+            "probe_ids": ids[0].tolist(),
+            "greedy_ids": _greedy(merged, ids, GREEDY_STEPS),
         }
+    reference["greedy_text"] = AutoTokenizer.from_pretrained(run).decode(reference["greedy_ids"])
     torch.save(reference, work / "reference.pt")
 
     venv = work / "venv-transformers-4.57"
@@ -162,10 +203,13 @@ def main() -> None:
     gguf_file = work / "merged.gguf"
     sh(python, "-c", CONVERT, llama, run / "merged", gguf_file)
     read = json.loads(sh(python, "-c", READ_GGUF, llama, gguf_file, run / "merged"))
+    sh(python, "-m", "pip", "install", "-q", "--no-deps", _llama_cpp_wheel(work), "diskcache", "jinja2")
+    ran = json.loads(sh(python, "-c", LLAMA_CPP, gguf_file, PROBE, work / "reference.pt", GREEDY_STEPS))
     result = {
         "ftcli_run": "recipes/smoke/sft-lora.yaml, output.merge, 20 steps",
         "transformers_4": old,
         "llama_cpp": {"source": llama.parent.parent.name, **read, "pre_tokenizer_fallback": True},
+        "llama_cpp_run": {"greedy_tokens": GREEDY_STEPS, **ran},
     }
     out = ROOT / "bench" / "results" / "interop.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -199,6 +243,39 @@ def _llama_cpp_sources(work: Path) -> Path:
         ]
         archive.extractall(work, members=wanted, filter="data")
     return sorted(work.glob("llama_cpp_python-*/vendor/llama.cpp"))[-1]
+
+
+def _greedy(model, ids, steps: int) -> list[int]:
+    """Argmax continuation without stopping at EOS: llama.cpp and transformers stop on different token lists."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for _ in range(steps):
+            out.append(int(model(input_ids=ids).logits[0, -1].argmax()))
+            ids = torch.cat([ids, torch.tensor([[out[-1]]])], dim=1)
+    return out
+
+
+def _llama_cpp_wheel(work: Path) -> Path:
+    """llama-cpp-python built for this CPU from PyPI's sdist (PyPI has no wheels); minutes, once per work dir."""
+    wheels = work / "wheels"
+    if not sorted(wheels.glob("llama_cpp_python-*.whl")):
+        sh(
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "llama-cpp-python",
+            "-w",
+            wheels,
+            env={**os.environ, "CMAKE_ARGS": "-DGGML_NATIVE=OFF"},
+        )
+    return sorted(wheels.glob("llama_cpp_python-*.whl"))[-1]
 
 
 def _converter_probe_text(llama: Path) -> str:

@@ -175,8 +175,10 @@ def _run(command, recipe, overrides, overwrite, resume, launcher, dry_run, as_js
     if launcher not in ("auto", "python", "accelerate"):
         raise UserError(f"--launcher {launcher}: use auto, python or accelerate")
     loaded = _load(recipe, overrides)
-    _quiet_libraries()
     with _located(loaded):
+        if not dry_run:
+            launch.preflight(command, loaded, overwrite, resume)  # refusals before any heavy import
+        _quiet_libraries()
         result = launch.run(
             command, loaded, overwrite=overwrite, resume=resume, launcher=launcher, dry_run=dry_run
         )
@@ -208,7 +210,12 @@ def infer(
     ),
     mode: str | None = typer.Option(None, "--mode", help="generate | score (reward models) | perplexity"),
     chat: bool = typer.Option(False, "--chat", help="interactive multi-turn session, streamed"),
-    raw: bool = typer.Option(False, "--raw", help="no chat template"),
+    no_template: bool = typer.Option(
+        False, "--no-template", help="send prompts as they are, no chat template"
+    ),
+    raw: bool = typer.Option(
+        False, "--raw", help="print completions as they are (newlines and all), not one per line"
+    ),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1),
     max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1),
     temperature: float | None = typer.Option(None, "--temperature", min=0.0, help="0 = greedy (default)"),
@@ -222,15 +229,16 @@ def infer(
     device: str | None = DeviceOpt,
     as_json: bool = JsonOpt,
 ):
-    """Generate, score (reward models) or measure perplexity with a trained run or a recipe's model. Results,
-    one per line in input order, go to stdout (JSONL with --json)."""
+    """Generate, score (reward models) or measure perplexity with a trained run or a recipe's model. Results go
+    to stdout in input order, one line each (newlines and control characters escaped as in JSON; --raw prints
+    them as they are), or JSONL with --json."""
     _require_stdout()
     from ftcli.infer.run import run_infer
     from ftcli.infer.target import resolve_target
 
     cli = {
         "mode": mode,
-        "raw": raw or None,
+        "chat_template": False if no_template else None,
         "batch_size": batch_size,
         "max_new_tokens": max_new_tokens,
         "temperature": temperature,
@@ -247,8 +255,9 @@ def infer(
         typer.echo(line)
         sys.stdout.flush()
 
+    style = "json" if as_json else "raw" if raw else "line"
     with _located(loaded):
-        run_infer(loaded, prompt, input_path, as_json, chat, split, emit, image)
+        run_infer(loaded, prompt, input_path, style, chat, split, emit, image)
 
 
 @app.command(name="eval")
@@ -270,19 +279,20 @@ def evaluate(
     device: str | None = DeviceOpt,
     as_json: bool = JsonOpt,
 ):
-    """Run lm-evaluation-harness tasks in-process (pip install "ftcli[eval]"). The table (or --json) goes to
-    stdout; a run dir also keeps every evaluation in its eval.json."""
+    """Run lm-evaluation-harness tasks in-process (pip install ".[eval]" in a checkout of ftcli). The table (or
+    --json) goes to stdout; a run dir also keeps every evaluation in its eval.json."""
     _require_stdout()
     from ftcli import report
-    from ftcli.infer.evaluate import check_evaluable, record, rows, run_eval
+    from ftcli.infer.evaluate import check_evaluable, check_tasks, record, rows, run_eval
     from ftcli.infer.target import resolve_target, starting_model
 
     overrides = _with_device(overrides, device)
     loaded = resolve_target(target, overrides)
     check_evaluable(loaded)
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    check_tasks(names, include_path)  # an unknown task is refused before anything heavy loads
     base = starting_model(target, overrides) if compare_base else None
     _quiet_libraries()
-    names = [t.strip() for t in tasks.split(",") if t.strip()]
     with _located(loaded):
         result = run_eval(loaded, names, include_path, limit, num_fewshot, batch_size, base)
     record(Path(target), result)

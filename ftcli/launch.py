@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ftcli.errors import RecipeError, UserError
 from ftcli.models.compat import check_method_fits_model
+from ftcli.models.locate import check_hub_sources, check_model_paths
 from ftcli.recipe.registry import TASKS, load
 from ftcli.recipe.schema import Recipe
 
@@ -17,8 +18,20 @@ def check_command(command: str, recipe: Recipe) -> None:
     check_runnable(recipe)
 
 
+def preflight(command: str, recipe: Recipe, overwrite: bool, resume: bool) -> None:
+    """What `train`/`align` refuse without loading anything heavy (in about the time `validate` takes): the
+    wrong command for the task, an output dir it may not use, the task's own refusals of the recipe."""
+    from ftcli.run_dir import check_run_dir
+
+    check_command(command, recipe)
+    check_hub_sources(recipe)
+    if not recipe.launch.machine_rank:  # only the main node owns the run dir
+        check_run_dir(recipe, overwrite, resume)
+
+
 def check_runnable(recipe: Recipe) -> None:
     """Refusals that need no model loaded (also run by `ftcli validate`)."""
+    check_model_paths(recipe)
     check_method_fits_model(recipe)
     _check_reporters(recipe)
 

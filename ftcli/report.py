@@ -16,13 +16,21 @@ from rich.table import Table
 
 from ftcli import redact
 
-console = Console(file=redact.MaskedStream(lambda: sys.stderr), highlight=False)
+
+def make_console(file) -> Console:
+    console = Console(file=file, highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 160  # a log or a pipe: rich would assume 80 columns and cut names in tables
+    return console
+
+
+console = make_console(redact.MaskedStream(lambda: sys.stderr))
 
 
 def phase(text: str) -> None:
     """One line on stderr when a long step starts (loading a model, tokenizing, saving), so a log shows where a
     command is while it works."""
-    console.print(f"[dim]{text}[/]")
+    console.print(f"[dim]{text}[/]", soft_wrap=True)
 
 
 def human(n: float) -> str:
@@ -68,8 +76,8 @@ def print_prepare_stats(stats: dict, cache_dir: str, cache_hit: bool) -> None:
                 line += str(st["length_max"])
             if "packed_rows" in st:
                 line += f", packed into {st['packed_rows']} rows ({st['packing_efficiency']:.0%} full)"
-            console.print(line)
-    console.print(f"cache: {cache_dir}")
+            console.print(line, soft_wrap=True)
+    console.print(f"cache: {cache_dir}", soft_wrap=True)
 
 
 def write_json(path: Path, payload) -> None:
@@ -144,16 +152,54 @@ def plot_losses(metrics_file: Path, out: Path) -> bool:
     return True
 
 
+def progress_seconds() -> float:
+    """How often a log (stderr not a terminal) gets a progress line: FTCLI_PROGRESS_SECONDS, default 30."""
+    try:
+        return max(float(os.environ.get("FTCLI_PROGRESS_SECONDS", "30")), 0.0)
+    except ValueError:
+        return 30.0
+
+
+class PlainProgress:
+    """Progress for logs, CI and `nohup`: where stderr is no terminal (no bar can redraw), one plain line at a steady
+    interval and one at the end: `train 40/120 (33%)  loss 1.2345  1.2K tok/s  elapsed 0:42  eta 1:24`."""
+
+    def __init__(self, what: str, total: int | None, unit: str = ""):
+        self.what, self.total, self.unit = what, total, unit
+        self.started = self.printed = time.perf_counter()
+        self.every = progress_seconds()
+
+    def update(self, done: int, info: str = "", force: bool = False) -> None:
+        now = time.perf_counter()
+        if not force and now - self.printed < self.every and done != self.total:
+            return
+        self.printed = now
+        elapsed = now - self.started
+        of = f"/{self.total}{self.unit} ({done / self.total:.0%})" if self.total else self.unit
+        eta = ""
+        if self.total and done and done < self.total:
+            eta = f"  eta {_clock(elapsed / done * (self.total - done))}"
+        parts = [f"{self.what} {done}{of}", info, f"elapsed {_clock(elapsed)}{eta}"]
+        console.print("  ".join(p for p in parts if p), highlight=False, markup=False, soft_wrap=True)
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
 def make_callback(run_dir: Path, collator=None):
-    """A transformers TrainerCallback: progress on stderr, metrics.jsonl, step times (main process only)."""
+    """A transformers TrainerCallback: progress on stderr (a bar on a terminal, plain lines in a log),
+    metrics.jsonl, step times (main process only)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from transformers import TrainerCallback
 
     class ReportCallback(TrainerCallback):
         def __init__(self):
             self.metrics_file = run_dir / "metrics.jsonl"
-            self.progress = None
-            self.task = None
+            self.bar = self.plain = self.task = None
+            self.info = ""
             self.step_times: list[float] = []
             self.last_step_at = None
             self.start = None
@@ -162,9 +208,13 @@ def make_callback(run_dir: Path, collator=None):
 
         def on_train_begin(self, args, state, control, **kw):
             self.start = time.perf_counter()
+            self.last_step_at = self.start
             if not state.is_world_process_zero:
                 return
-            self.progress = Progress(
+            if not console.is_terminal:
+                self.plain = PlainProgress("train", state.max_steps, " steps")
+                return
+            self.bar = Progress(
                 TextColumn("[bold]train[/]"),
                 BarColumn(),
                 TextColumn("{task.completed}/{task.total}"),
@@ -173,21 +223,32 @@ def make_callback(run_dir: Path, collator=None):
                 TimeRemainingColumn(),
                 console=console,
                 transient=False,
-                disable=not console.is_terminal,
             )
-            self.progress.start()
-            self.task = self.progress.add_task(
+            self.bar.start()
+            self.task = self.bar.add_task(
                 "train", total=state.max_steps, completed=state.global_step, info=""
             )
-            self.last_step_at = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
             now = time.perf_counter()
             if self.last_step_at is not None:
                 self.step_times.append(now - self.last_step_at)
             self.last_step_at = now
-            if self.progress:
-                self.progress.update(self.task, completed=state.global_step)
+            if self.bar:
+                self.bar.update(self.task, completed=state.global_step)
+            elif self.plain:
+                self.plain.update(state.global_step, self._info(), force=state.global_step == 1)
+
+        def _info(self) -> str:
+            info = []
+            if "loss" in self.last:
+                info.append(f"loss {self.last['loss']:.4f}")
+            if "learning_rate" in self.last:
+                info.append(f"lr {self.last['learning_rate']:.2e}")
+            elapsed = time.perf_counter() - self.start
+            if collator is not None and elapsed > 0:
+                info.append(f"{human(collator.real_tokens / elapsed)} tok/s")
+            return "  ".join(info)
 
         def on_log(self, args, state, control, logs=None, **kw):
             if not state.is_world_process_zero or not logs:
@@ -201,25 +262,23 @@ def make_callback(run_dir: Path, collator=None):
             self.last.update(row)
             with self.metrics_file.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
-            info = []
-            if "loss" in row:
-                info.append(f"loss {row['loss']:.4f}")
-            if "learning_rate" in row:
-                info.append(f"lr {row['learning_rate']:.2e}")
-            if "eval_loss" in row:
-                info.append(f"eval {row['eval_loss']:.4f}")
-            elapsed = time.perf_counter() - self.start
-            if collator is not None and elapsed > 0:
-                info.append(f"{human(collator.real_tokens / elapsed)} tok/s")
-            if self.progress:
-                self.progress.update(self.task, info="  ".join(info))
-            elif "loss" in row or "eval_loss" in row:
-                console.print(f"step {state.global_step}/{state.max_steps}  " + "  ".join(info))
+            info = self._info() + (f"  eval {row['eval_loss']:.4f}" if "eval_loss" in row else "")
+            if self.bar:
+                self.bar.update(self.task, info=info)
+            elif self.plain and "eval_loss" in row:  # evaluations are worth a line of their own
+                console.print(
+                    f"step {state.global_step}/{state.max_steps}  eval loss {row['eval_loss']:.4f}",
+                    highlight=False,
+                    markup=False,
+                    soft_wrap=True,
+                )
 
         def on_train_end(self, args, state, control, **kw):
-            if self.progress:
-                self.progress.update(self.task, completed=state.global_step)
-                self.progress.stop()
+            if self.bar:
+                self.bar.update(self.task, completed=state.global_step)
+                self.bar.stop()
+            elif self.plain and state.global_step != self.plain.total:
+                self.plain.update(state.global_step, self._info(), force=True)
 
     return ReportCallback()
 
@@ -260,4 +319,4 @@ def print_eval(rows: list[tuple[str, str, float, float | None]], file=None) -> N
             else ()
         )
         table.add_row(task, metric, f"{value:.4f}", *extra)
-    Console(file=file, highlight=False).print(table)
+    make_console(file).print(table)

@@ -105,9 +105,9 @@ class RunLock:
             self.fd = None
 
 
-def open_run_dir(recipe: Recipe, overwrite: bool, resume: bool) -> tuple[Path, RunLock]:
-    """Create, replace (--overwrite) or reopen (--resume) the run dir and lock it. Every check comes before
-    anything is created, cleared or rewritten."""
+def check_run_dir(recipe: Recipe, overwrite: bool, resume: bool) -> bool:
+    """Every refusal of open_run_dir, with nothing created or changed, so a command can say it before loading
+    anything heavy. Returns whether the dir already holds something."""
     out = run_dir_of(recipe)
     if overwrite and resume:
         raise UserError("--overwrite and --resume contradict each other; pick one")
@@ -125,13 +125,8 @@ def open_run_dir(recipe: Recipe, overwrite: bool, resume: bool) -> tuple[Path, R
             raise UserError(
                 f"--resume: no complete checkpoint in {out}; set training.save_steps and run without it"
             )
-        lock = RunLock(out)
-        try:
-            check_resumable(recipe, out)
-        except BaseException:
-            lock.release()
-            raise
-        return out, lock
+        check_resumable(recipe, out)
+        return busy
     if busy and not overwrite:
         raise UserError(
             f"output dir {out} is not empty; pass --overwrite to replace it, --resume to continue it, "
@@ -139,9 +134,20 @@ def open_run_dir(recipe: Recipe, overwrite: bool, resume: bool) -> tuple[Path, R
         )
     if busy:
         check_replaceable(recipe, out)
-    existing = next(p for p in (out, *out.resolve().parents) if p.exists())  # checked before anything is made
+    existing = next(p for p in (out, *out.resolve().parents) if p.exists())
     if not os.access(existing, os.W_OK):
         raise UserError(f"output.dir {out}: {existing} is not writable; point output.dir somewhere writable")
+    return busy
+
+
+def open_run_dir(recipe: Recipe, overwrite: bool, resume: bool) -> tuple[Path, RunLock]:
+    """Create, replace (--overwrite) or reopen (--resume) the run dir and lock it. Every check comes before
+    anything is created, cleared or rewritten."""
+    busy = check_run_dir(recipe, overwrite, resume)
+    out = run_dir_of(recipe)
+    if resume:
+        return out, RunLock(out)
+    existing = next(p for p in (out, *out.resolve().parents) if p.exists())
     _check_free_space(recipe, out, existing)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,22 @@ def run_cli(*args, env=None, cwd=None, input=None, timeout=600):
     return proc.returncode, proc.stdout, proc.stderr
 
 
+HEAVY = ("torch", "transformers", "datasets", "peft", "trl", "lm_eval")
+
+
+def imported_after(*args, cwd=None) -> tuple[int, str, set]:
+    """Run ftcli in a fresh process: (exit code, stderr, the heavy libraries it imported on the way)."""
+    code = (
+        "import sys\nfrom ftcli.cli import main\ncode = 0\n"
+        f"try:\n    main({[str(a) for a in args]!r})\nexcept SystemExit as exc:\n    code = exc.code or 0\n"
+        f"print('MODULES:' + ','.join(m for m in {HEAVY!r} if m in sys.modules))\nsys.exit(code)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd)
+    line = proc.stdout.strip().splitlines()[-1]
+    assert line.startswith("MODULES:"), proc.stdout + proc.stderr
+    return proc.returncode, proc.stderr, {m for m in line.removeprefix("MODULES:").split(",") if m}
+
+
 def call_main(*args):
     """Run ftcli in this process: returns the exit code (stdout/stderr via capsys)."""
     from ftcli.cli import main

@@ -2,6 +2,7 @@
 transformers/peft with the same numbers."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from ftcli import launch
+from ftcli.models.builtin import builtin_path
 from ftcli.recipe import load_recipe
 from ftcli.tasks import dpo, reward
 from tests.helpers import RECIPES, call_main, probe_logits, reload_logits
@@ -45,15 +47,20 @@ def test_dpo_lora_learns_the_held_out_preference_and_reloads(tmp_path):
 
 SCORE_SCRIPT = """
 import sys, torch
+from peft import AutoPeftModelForSequenceClassification
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 model_dir, dest = sys.argv[1:3]
 tok = AutoTokenizer.from_pretrained(model_dir)
-model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+if sys.argv[3:] == ["adapter"]:  # as the README says: one label, and the pad id where the base names none
+    model = AutoPeftModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, pad_token_id=tok.pad_token_id)
+else:
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+model.eval()
 texts = [tok.apply_chat_template([{"role": "user", "content": "What is the capital of Peru?"},
                                   {"role": "assistant", "content": f"The capital of Peru is {c}."}], tokenize=False)
          for c in ("Lima", "Oslo")]
-with torch.no_grad():
-    torch.save(torch.cat([model(**tok(t, return_tensors="pt")).logits[0] for t in texts]), dest)
+with torch.no_grad():  # one padded batch: needs the pad id in config.json
+    torch.save(model(**tok(texts, return_tensors="pt", padding=True)).logits[:, 0], dest)
 """
 
 
@@ -73,16 +80,32 @@ def scores(model, tokenizer):
         return torch.cat([model(**tokenizer(t, return_tensors="pt")).logits[0] for t in texts])
 
 
+def base_without_pad_id(dest):
+    """The builtin base with no pad id in its config, as Llama 3 and Mistral ship."""
+    shutil.copytree(builtin_path("builtin:tiny-llama"), dest)
+    config = json.loads((dest / "config.json").read_text())
+    del config["pad_token_id"]
+    (dest / "config.json").write_text(json.dumps(config))
+    return dest
+
+
 @pytest.mark.parametrize("name", ["reward-lora", "reward-full"])
 def test_reward_model_ranks_held_out_pairs_and_reloads_with_the_same_scores(name, tmp_path):
     out, seen = tmp_path / "run", {}
-    summary = align(name, out, on_done=lambda model, tok: seen.update(scores=scores(model, tok)))
+    base = base_without_pad_id(tmp_path / "base")
+    summary = align(
+        name, out, f"model.name={base}", on_done=lambda model, tok: seen.update(scores=scores(model, tok))
+    )
     assert summary["eval_accuracy"] >= 0.8 and summary["eval_margin"] > 0, summary
     model_dir = out / "merged" if name == "reward-lora" else out  # lora: merged with output.merge
+    assert json.loads((model_dir / "config.json").read_text())["pad_token_id"] == 258  # <|pad|>
     subprocess.run([sys.executable, "-c", SCORE_SCRIPT, str(model_dir), str(tmp_path / "s.pt")], check=True)
     fresh = torch.load(tmp_path / "s.pt")
     torch.testing.assert_close(fresh, seen["scores"], rtol=1e-4, atol=1e-4)
     assert fresh[0] > fresh[1]  # the right capital scores higher
+    if name == "reward-lora":  # the run dir itself: base + adapter with its trained score head
+        subprocess.run([sys.executable, "-c", SCORE_SCRIPT, out, tmp_path / "a.pt", "adapter"], check=True)
+        torch.testing.assert_close(torch.load(tmp_path / "a.pt"), seen["scores"], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize(

@@ -293,7 +293,7 @@ CASES = [
         lambda t: ["train", SMOKE / "sft-lora.yaml", f"output.dir={t / 'run'}", "--resume", "--overwrite"],
         "contradict",
     ),
-    ("infer on nothing", lambda t: ["infer", t / "nothing", "-p", "hi"], "expected a recipe"),
+    ("infer on nothing", lambda t: ["infer", t / "nothing", "-p", "hi"], "nothing: no such file or folder"),
     (
         "infer without weights",
         lambda t: [

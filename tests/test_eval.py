@@ -21,7 +21,7 @@ def sft_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_ftcli_eval_equals_calling_lm_eval_directly_and_compares_with_the_base(sft_run, monkeypatch):
-    pytest.importorskip("lm_eval", reason='the eval extra is not installed (pip install "ftcli[eval]")')
+    pytest.importorskip("lm_eval", reason='the eval extra is not installed (pip install ".[eval]")')
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
@@ -56,7 +56,7 @@ def test_ftcli_eval_equals_calling_lm_eval_directly_and_compares_with_the_base(s
 
 @pytest.mark.slow
 def test_eval_table_and_history_accumulate(sft_run):
-    pytest.importorskip("lm_eval", reason='the eval extra is not installed (pip install "ftcli[eval]")')
+    pytest.importorskip("lm_eval", reason='the eval extra is not installed (pip install ".[eval]")')
     before = json.loads((sft_run / "eval.json").read_text()) if (sft_run / "eval.json").exists() else []
     code, out, err = run_cli(
         "eval", sft_run, "--tasks", "ftcli_colours", "--include-path", EVAL_TASKS, "--limit", "5"
@@ -67,7 +67,7 @@ def test_eval_table_and_history_accumulate(sft_run):
 
 
 def test_unknown_task_is_one_line_with_a_suggestion(capsys):
-    pytest.importorskip("lm_eval", reason='the eval extra is not installed (pip install "ftcli[eval]")')
+    pytest.importorskip("lm_eval", reason='the eval extra is not installed (pip install ".[eval]")')
     code = call_main("eval", "builtin:tiny-llama", "--tasks", "ftcli_capitalz", "--include-path", EVAL_TASKS)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1] == (
@@ -81,4 +81,4 @@ def test_missing_extra_says_how_to_install_it(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "lm_eval.tasks", None)
     code = call_main("eval", "builtin:tiny-llama", "--tasks", "anything")
     assert code == 2
-    assert 'pip install "ftcli[eval]"' in capsys.readouterr().err
+    assert 'pip install ".[eval]" (in a checkout of ftcli)' in capsys.readouterr().err

@@ -149,7 +149,7 @@ def test_merge_and_export_on_the_gpu_load_in_plain_transformers(runs, tmp_path, 
 
 
 def test_eval_on_the_gpu(runs):
-    pytest.importorskip("lm_eval", reason='the eval extra is not installed (pip install "ftcli[eval]")')
+    pytest.importorskip("lm_eval", reason='the eval extra is not installed (pip install ".[eval]")')
     code, out, err = ftcli(
         "eval",
         runs / "sft-lora",

@@ -67,6 +67,9 @@ def test_a_stop_signal_saves_a_checkpoint_marks_interrupted_and_resume_finishes(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # as from a terminal: a suite started in the background (`pytest &`) hands its children SIGINT ignored,
+        # and a run rightly leaves an ignored SIGINT alone
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 120
     while not (out / "metrics.jsonl").exists() and time.time() < deadline:

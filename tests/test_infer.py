@@ -123,7 +123,7 @@ def test_prompt_tuning_run_dir_infers(runs, capsys):
 
 def test_bad_input_exits_2_with_file_and_line(runs, tmp_path, capsys):
     assert call_main("infer", tmp_path / "missing", "-p", "hi") == 2
-    assert "expected a recipe" in capsys.readouterr().err
+    assert "missing: no such file or folder" in capsys.readouterr().err
 
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"prompt": "hi"}\n{"prompt": oops}\n')

@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import fnmatch
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
+from ftcli import report
 from ftcli.errors import UserError
 from ftcli.infer.load import load_for_inference
 from ftcli.recipe.registry import METHODS, TASKS
 from ftcli.recipe.schema import Recipe
 
-EXTRA = 'pip install "ftcli[eval]"'
+EXTRA = 'pip install ".[eval]" (in a checkout of ftcli)'
 
 
 def check_evaluable(recipe: Recipe) -> None:
@@ -58,6 +61,51 @@ def record(target: Path, result: dict) -> None:
     report.write_json(history, [*earlier, {"target": str(target.resolve()), **result}])
 
 
+def check_tasks(tasks: list[str], include_path: str | None) -> Path | None:
+    """Refuse unknown task names before anything heavy loads: lm-eval's index of its own tasks takes seconds to
+    build, so the names are kept in ftcli's cache per lm-eval version; an include path's few are read live.
+    Returns the include path's folder."""
+    try:
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        raise UserError(f"ftcli eval runs lm-evaluation-harness, which is not installed: {EXTRA}") from None
+    if not tasks:
+        raise UserError("--tasks: name at least one task, e.g. --tasks hellaswag,arc_easy")
+    folder = Path(include_path).resolve() if include_path else None
+    if folder is not None and not folder.is_dir():
+        raise UserError(f"--include-path {include_path}: not a folder of lm-eval task YAML files")
+    known = set(_registry_tasks())
+    if folder is not None:
+        known |= set(TaskManager(include_path=str(folder), include_defaults=False).all_tasks)
+    for task in tasks:
+        if task not in known and not fnmatch.filter(known, task):
+            close = difflib.get_close_matches(task, sorted(known), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            where = (
+                f"lm-eval's registry or {folder}"
+                if folder
+                else "lm-eval's registry (local tasks: --include-path)"
+            )
+            raise UserError(f"--tasks: {task!r} is not a task of {where}{hint}")
+    return folder
+
+
+def _registry_tasks() -> list[str]:
+    import importlib.metadata
+
+    from ftcli.paths import cache_dir
+
+    index = cache_dir("lm-eval") / f"tasks-{importlib.metadata.version('lm_eval')}.json"
+    try:
+        return json.loads(index.read_text())
+    except (OSError, ValueError):
+        from lm_eval.tasks import TaskManager
+
+        names = TaskManager().all_tasks
+        index.write_text(json.dumps(names))
+        return names
+
+
 def run_eval(
     recipe: Recipe,
     tasks: list[str],
@@ -67,34 +115,21 @@ def run_eval(
     batch_size: int,
     base: Recipe | None = None,
 ) -> dict:
-    """{"tasks", "limit", "num_fewshot", "model": {task: {metric: value}}, ["base": ...]}."""
-    try:
-        from lm_eval.tasks import TaskManager
-    except ImportError:
-        raise UserError(f"ftcli eval runs lm-evaluation-harness, which is not installed: {EXTRA}") from None
-    if not tasks:
-        raise UserError("--tasks: name at least one task, e.g. --tasks hellaswag,arc_easy")
-    quiet = logging.getLogger("lm-eval"), logging.getLogger("lm_eval")
-    for logger in quiet:
+    """{"tasks", "limit", "num_fewshot", "model": {task: {metric: value}}, ["base": ...]}. lm-eval's own
+    progress bars are off where stderr is a log (they are carriage-return redraws), and each task gets a line."""
+    folder = check_tasks(tasks, include_path)
+    if not sys.stderr.isatty():
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    from lm_eval.tasks import TaskManager
+
+    for logger in (logging.getLogger("lm-eval"), logging.getLogger("lm_eval")):
         logger.setLevel(logging.ERROR if not os.environ.get("FTCLI_DEBUG") else logging.INFO)
-    folder = Path(include_path).resolve() if include_path else None
-    if folder is not None and not folder.is_dir():
-        raise UserError(f"--include-path {include_path}: not a folder of lm-eval task YAML files")
     manager = TaskManager(include_path=str(folder) if folder else None)
-    for task in tasks:
-        if not manager.match_tasks([task]):
-            close = difflib.get_close_matches(task, manager.all_tasks, n=1)
-            hint = f"; did you mean {close[0]}?" if close else ""
-            where = (
-                f"lm-eval's registry or {folder}"
-                if folder
-                else "lm-eval's registry (local tasks: --include-path)"
-            )
-            raise UserError(f"--tasks: {task!r} is not a task of {where}{hint}")
     result = {"tasks": tasks, "limit": limit, "num_fewshot": num_fewshot}
     for name, target in (("model", recipe), ("base", base)):
         if target is not None:
             started = time.perf_counter()
+            report.phase(f"evaluating the {'fine-tune' if name == 'model' else 'base'} on {', '.join(tasks)}")
             result[name] = _evaluate(target, tasks, manager, folder, limit, num_fewshot, batch_size)
             result[f"{name}_seconds"] = round(time.perf_counter() - started, 2)
     return result

@@ -1,5 +1,5 @@
 """How a prompt becomes tokens at inference, the same way the model saw prompts in training: the recipe's
-`data.template` if set, else the tokenizer's chat template, else raw text (and always raw with --raw)."""
+`data.template` if set, else the tokenizer's chat template, else raw text (and always raw with --no-template)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from ftcli.recipe.registry import FORMATS, TASKS
 from ftcli.recipe.schema import Recipe
 
 
-def inference_template(recipe: Recipe, tokenizer, raw: bool) -> str | None:
-    if raw or not (
+def inference_template(recipe: Recipe, tokenizer) -> str | None:
+    if not recipe.infer.chat_template or not (
         FORMATS[recipe.data.format].templated or TASKS[recipe.task].pairs
     ):  # e.g. pretraining text
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable
 
@@ -19,7 +20,7 @@ def run_infer(
     recipe: Recipe,
     prompts: list[str],
     input_path: str | None,
-    as_json: bool,
+    style: str,  # json | line | raw
     chat: bool,
     split: str | None,
     emit: Callable[[str], None],
@@ -31,7 +32,7 @@ def run_infer(
     if chat and mode != "generate":
         raise UserError(f"--chat generates; a {recipe.task} model does {mode} here")
     if TASKS[recipe.task].head == "git":
-        return _describe(recipe, prompts, input_path, images or [], as_json, chat, mode, emit)
+        return _describe(recipe, prompts, input_path, images or [], style, chat, mode, emit)
     if images:
         raise UserError(f"--image: this is a {recipe.task} model; images go to caption runs (task: caption)")
     items = (
@@ -40,7 +41,7 @@ def run_infer(
     if mode != "perplexity" and not chat and not items:
         raise UserError("nothing to do: give --prompt TEXT, --input FILE (or - for stdin), or infer.prompts")
     model, tokenizer = load_for_inference(recipe)
-    template = inference_template(recipe, tokenizer, spec.raw)
+    template = inference_template(recipe, tokenizer)
 
     if chat:
         from ftcli.infer.chat import chat as chat_loop
@@ -51,12 +52,13 @@ def run_infer(
         from ftcli.infer.perplexity import perplexity
 
         result = perplexity(model, tokenizer, recipe, split, spec.batch_size)
-        emit(json.dumps(result) if as_json else f"{result['perplexity']:.4f}")
+        emit(json.dumps(result) if style == "json" else f"{result['perplexity']:.4f}")
         report.console.print(
             f"{result['split']}: loss {result['loss']:.4f}, perplexity {result['perplexity']:.3f} "
             f"over {result['tokens']} tokens ({result['rows']} rows)"
         )
         return 1
+    streamer = None
     if mode == "score":
         from ftcli.infer.score import score
 
@@ -69,23 +71,42 @@ def run_infer(
     else:
         from ftcli.infer.generate import generate
 
-        streamer = None
-        if len(items) == 1 and spec.num_return_sequences == 1 and not as_json and sys.stdout.isatty():
+        if len(items) == 1 and spec.num_return_sequences == 1 and style != "json" and sys.stdout.isatty():
             from transformers import TextStreamer
 
             streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         results = generate(model, tokenizer, items, spec, template, streamer)
-        text = (lambda r: "") if streamer else (lambda r: r["output"])
+        text = lambda r: r["output"]
+    return _emit_all(results, text, style, emit, streamer is not None, len(items) * spec.num_return_sequences)
+
+
+def _emit_all(results, text, style: str, emit, streamed: bool, total: int) -> int:
+    """Each result on stdout as it comes; in a log (stderr no terminal), a progress line now and then."""
+    progress = None if report.console.is_terminal else report.PlainProgress("infer", total, " results")
     count = 0
     for result in results:
-        line = json.dumps(result, ensure_ascii=False) if as_json else text(result)
-        if line or not streamer:
-            emit(line)
+        line = json.dumps(result, ensure_ascii=False) if style == "json" else text(result)
+        if not streamed:
+            emit(line if style != "line" else one_line(line))
         count += 1
+        if progress:
+            progress.update(count)
     return count
 
 
-def _describe(recipe: Recipe, prompts, input_path, images, as_json, chat, mode, emit) -> int:
+# What would start a new line for a line-based reader: newlines, other C0/C1 controls, DEL, Unicode separators.
+_BREAKS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def one_line(text: str) -> str:
+    """A completion as exactly one line, escaped as in JSON (backslash first), so `wc -l` counts results and
+    `head -n 3` takes three."""
+    text = text.replace("\\", "\\\\")
+    return _BREAKS.sub(lambda m: _NAMED.get(m.group(), f"\\u{ord(m.group()):04x}"), text)
+
+
+def _describe(recipe: Recipe, prompts, input_path, images, style, chat, mode, emit) -> int:
     from ftcli.infer.describe import describe
     from ftcli.models.multimodal import load_git_for_inference
 
@@ -102,9 +123,7 @@ def _describe(recipe: Recipe, prompts, input_path, images, as_json, chat, mode, 
     if not recipe.model.adapter:
         raise UserError("a caption recipe has no trained projection yet; run `ftcli infer` on its run dir")
     model, tokenizer, processor = load_git_for_inference(recipe)
-    template = inference_template(recipe, tokenizer, recipe.infer.raw)
-    count = 0
-    for result in describe(model, tokenizer, processor, items, recipe.infer, template, recipe):
-        emit(json.dumps(result, ensure_ascii=False) if as_json else result["output"])
-        count += 1
-    return count
+    template = inference_template(recipe, tokenizer)
+    results = describe(model, tokenizer, processor, items, recipe.infer, template, recipe)
+    total = len(items) * recipe.infer.num_return_sequences
+    return _emit_all(results, lambda r: r["output"], style, emit, False, total)

@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ftcli.errors import UserError
+from ftcli.models.locate import check_source
 from ftcli.recipe import load_recipe
 from ftcli.recipe.catalog import find_recipe
+from ftcli.recipe.load import Origins
 from ftcli.recipe.registry import TASKS
 from ftcli.recipe.schema import FullMethod, Recipe
 from ftcli.run_dir import RESOLVED, lock_holder, newest_checkpoint
@@ -32,9 +34,14 @@ def resolve_target(target: str, overrides: list[str]) -> Recipe:
     found = find_recipe(target)
     if path.suffix in (".yaml", ".yml") or Path(found).is_file():
         return load_recipe(found, overrides)
-    if target.startswith("builtin:") or (target.count("/") == 1 and not path.exists()):
-        return _model_only(target, overrides)  # a builtin or a hub model id
-    raise UserError(f"{target}: expected a recipe (.yaml), a run dir, a model dir, a hub id or builtin:NAME")
+    if target.startswith("builtin:"):
+        return _model_only(target, overrides)
+    if path.exists():
+        raise UserError(
+            f"{target}: expected a recipe (.yaml), a run dir, a model dir, a hub id or builtin:NAME"
+        )
+    check_source(target)
+    return _model_only(target, overrides)
 
 
 def _trained_model(recipe: Recipe, path: Path, target: str) -> Recipe:
@@ -111,7 +118,11 @@ def _model_only(name: str, overrides: list[str]) -> Recipe:
     with tempfile.TemporaryDirectory() as tmp:
         recipe_file = Path(tmp) / "model.yaml"
         recipe_file.write_text(yaml.safe_dump(body))
-        return load_recipe(recipe_file, overrides)
+        recipe = load_recipe(recipe_file, overrides)
+    recipe._origins = Origins(
+        {(): f"{name} (a model with no recipe)"}
+    )  # errors name it, not a temporary file
+    return recipe
 
 
 def starting_model(target: str, overrides: list[str]) -> Recipe:

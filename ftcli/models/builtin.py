@@ -16,7 +16,7 @@ from pathlib import Path
 from ftcli.paths import cache_dir, cache_root
 
 # Bump when a builtin's weights, config or tokenizer change, so old caches are not reused.
-BUILTIN_VERSION = 4
+BUILTIN_VERSION = 5
 PAD, EOS, IM_START, IM_END = "<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -155,13 +155,18 @@ def builtin_path(name: str) -> Path:
 
 
 def build_byte_tokenizer():
-    """A byte-level BPE tokenizer with no merges: 256 byte tokens + 4 specials, and a ChatML chat template."""
+    """A byte-level BPE tokenizer: 256 byte tokens, one merge, 4 specials, and a ChatML chat template.
+
+    Text tokenizes one token per byte. The single merge joins 0xC0 0xC1, two bytes that never occur in UTF-8, so it
+    never fires; it is there because llama.cpp refuses a BPE vocabulary without merges."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     byte_chars = _bytes_to_unicode()
     vocab = {byte_chars[b]: b for b in range(256)}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    never = (byte_chars[0xC0], byte_chars[0xC1])
+    vocab["".join(never)] = 256
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[never]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS, pad_token=PAD)

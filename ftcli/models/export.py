@@ -7,6 +7,7 @@ import fnmatch
 import shutil
 from pathlib import Path
 
+from ftcli import report
 from ftcli.errors import UserError
 from ftcli.models.save import TOKENIZER_FILES
 from ftcli.recipe.registry import METHODS, TASKS
@@ -40,6 +41,7 @@ def export_run(
             "(`ftcli export` re-saves it, e.g. in another dtype)"
         )
     _check_out(recipe, run_dir, out, overwrite)
+    report.phase(f"writing {out} from {run_dir}")
     stage = out / FINAL_STAGING  # written whole, then moved into place: no half-written model dir
     if method.trains_base:  # the run dir holds the weights (resolve_target pointed model.name at it)
         save_full(recipe, run_dir, stage, DTYPES.get(dtype))

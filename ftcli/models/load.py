@@ -100,9 +100,14 @@ def load_base_model(recipe: Recipe, device: str | None = None):
         kwargs["device_map"] = {"": device}
     try:  # a new score head (and an unused lm_head) is expected: transformers' report of it is not shown
         with _transformers_errors_only() if score else contextlib.nullcontext():
-            return auto.from_pretrained(model_source(spec), **kwargs)
+            model = auto.from_pretrained(model_source(spec), **kwargs)
     except (OSError, ValueError) as exc:
         raise _load_error(spec, exc) from None
+    if score and model.config.pad_token_id is None:
+        # The score is read at the last non-pad token; bases such as Llama 3 and Mistral name no pad id, and a
+        # saved or merged reward model without one is refused by transformers' pipelines at batch size > 1.
+        model.config.pad_token_id = load_tokenizer(spec).pad_token_id
+    return model
 
 
 @contextlib.contextmanager

@@ -9,10 +9,11 @@ from pathlib import Path
 
 
 def loadable_tokenizer_config(config_file: Path) -> None:
-    """Two things transformers 5 writes that transformers 4.x (and tools pinned to it, such as llama.cpp's
-    converter) cannot load: its own class name (TokenizersBackend; the fast-tokenizer class both know reads the
+    """What transformers 5 writes that transformers 4.x (and tools pinned to it, such as llama.cpp's converter)
+    reads otherwise: its own class name (TokenizersBackend; the fast-tokenizer class both know reads the
     same files), and `extra_special_tokens` as a list (4.x wants a dict there, and reads the list as
-    `additional_special_tokens`, which 5.x still accepts). Found by bench/interop.py."""
+    `additional_special_tokens`, which 5.x still accepts); and, for that class, no `model_input_names` (4.x then
+    adds token_type_ids). Found by bench/interop.py."""
     if not config_file.exists():
         return
     config = json.loads(config_file.read_text())
@@ -21,6 +22,9 @@ def loadable_tokenizer_config(config_file: Path) -> None:
         config["tokenizer_class"] = "PreTrainedTokenizerFast"
     if isinstance(config.get("extra_special_tokens"), list):
         config["additional_special_tokens"] = config.pop("extra_special_tokens")
+    if config.get("tokenizer_class") == "PreTrainedTokenizerFast" and "model_input_names" not in config:
+        # 4.x's PreTrainedTokenizerFast then returns token_type_ids, which generate() on a causal LM refuses.
+        config["model_input_names"] = ["input_ids", "attention_mask"]
     if config != before:
         config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 

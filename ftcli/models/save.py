@@ -95,7 +95,7 @@ def merge_adapter(recipe: Recipe, adapter_dir: Path, out: Path, dtype: str | Non
     from ftcli.models.hardware import device_of
     from ftcli.models.load import load_base_model, load_tokenizer
 
-    report.phase(f"merging {adapter_dir} into {recipe.model.name} on the {device_of(recipe)} -> {out}")
+    report.phase(f"merging the adapter into {recipe.model.name} on the {device_of(recipe)}")
     base = load_base_model(recipe, device=device_of(recipe))
     if METHODS[recipe.method.type].quantized:
         base = base.dequantize()
@@ -114,7 +114,7 @@ def save_full(recipe: Recipe, run_dir: Path, out: Path, dtype: str | None = None
     from ftcli.models.hardware import device_of
     from ftcli.models.load import load_base_model, load_tokenizer
 
-    report.phase(f"re-saving {run_dir} on the {device_of(recipe)} -> {out}")
+    report.phase(f"loading {run_dir} on the {device_of(recipe)}")
     _save_weights(load_base_model(recipe, device=device_of(recipe)), out, dtype)
     save_tokenizer(load_tokenizer(recipe.model), out, run_dir)
     return out

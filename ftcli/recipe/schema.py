@@ -236,7 +236,10 @@ class InferSpec(Strict):
     num_return_sequences: int = Field(1, gt=0, le=1024)
     seed: int = Field(42, ge=0, lt=2**32)
     batch_size: int = Field(8, gt=0, le=2**16, description="prompts per generate call (left-padded)")
-    raw: bool = Field(False, description="send prompts as they are, without the chat template")
+    chat_template: bool = Field(
+        True,
+        description="render prompts with the chat template the model trained with; false sends them as they are",
+    )
 
 
 class MultimodalSpec(Strict):

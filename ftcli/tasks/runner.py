@@ -19,7 +19,7 @@ from ftcli.models.load import load_base_model, load_tokenizer, model_source, tra
 from ftcli.models.memory import choose_gradient_checkpointing
 from ftcli.models.methods import apply_method, parameter_counts
 from ftcli.models.save import save_model_outputs
-from ftcli.recipe.registry import METHODS, TASKS
+from ftcli.recipe.registry import METHODS
 from ftcli.recipe.schema import Recipe
 from ftcli.run_dir import (
     FINAL_STAGING,
@@ -102,6 +102,7 @@ class Setup:
         # Seed before any weight is created (score heads, LoRA A, soft prompts), so one process and N workers
         # start from identical weights however much randomness data preparation used.
         transformers.set_seed(recipe.training.seed)
+        report.phase(f"loading {recipe.model.name} ({recipe.method.type}) on the {self.device}")
         self.model = self.build_model(tokens_per_step)
         training_config(self.model)
         self.total, self.trainable = parameter_counts(self.model)
@@ -119,10 +120,6 @@ class Setup:
         """The base model with the recipe's method applied; sets the gradient checkpointing choice."""
         recipe = self.recipe
         model = load_base_model(recipe)
-        if TASKS[recipe.task].head == "score" and model.config.pad_token_id is None:
-            model.config.pad_token_id = (
-                self.tokenizer.pad_token_id
-            )  # the score is read at the last non-pad token
         model = apply_method(model, recipe, model_source(recipe.model))
         if not METHODS[
             recipe.method.type
@@ -235,7 +232,7 @@ def train_and_save(trainer, setup: Setup, out: Path, resume: bool, callback, on_
         start = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         train_seconds = time.perf_counter() - start
-        final_eval = trainer.evaluate() if setup.has_eval else {}
+        final_eval = _final_eval(trainer) if setup.has_eval else {}
     _check_finite(trainer, result.training_loss)
 
     # The final outputs are written whole into a staging dir, then moved into place: a kill or a full disk midway
@@ -290,7 +287,8 @@ def train_and_save(trainer, setup: Setup, out: Path, resume: bool, callback, on_
         f"[green]done[/] {summary['steps']} steps in {train_seconds:.1f}s, loss {summary['first_loss']} -> "
         f"{summary['final_loss']}"
         + (f", eval {summary['final_eval_loss']:.4f}" if final_eval else "")
-        + f"  {out}"
+        + f"  {out}",
+        soft_wrap=True,
     )
     return summary
 
@@ -376,6 +374,18 @@ def _print_plan(setup: Setup, trainer) -> None:
         ("output", str(trainer.args.output_dir)),
     ]
     report.print_table("plan", rows)
+
+
+def _final_eval(trainer) -> dict:
+    """The trained model's held-out metrics: those of the evaluation at the last step when there was one (same
+    weights, same data: the same numbers; every worker holds the same history, so all skip it together), else a
+    new evaluation."""
+    step = trainer.state.global_step
+    for row in reversed(trainer.state.log_history):
+        if row.get("step") == step and "eval_loss" in row:
+            return {k: v for k, v in row.items() if k != "step"}
+    report.phase("evaluating on the held-out data")
+    return trainer.evaluate()
 
 
 def _planned_steps(trainer) -> int:
