@@ -103,6 +103,45 @@ class PreparedPairs:
         return dataset
 
 
+class TokenizedPairRows:
+    """Hooks tokenize_row of TRL's experimental ORPO and CPO trainers (public, but their only way in is text they
+    tokenize themselves, with their own truncation): each ftcli pair (prompt/chosen/rejected ids, templated and
+    length-checked by ftcli) becomes the columns their collator and concatenated_forward read, the prompt masked
+    out of the labels. Their text steps before it (maybe_extract_prompt, maybe_apply_chat_template) pass rows
+    without text columns through unchanged."""
+
+    def tokenize_row(self, feature, model=None) -> dict:
+        prompt = feature["prompt_ids"]
+        row = {"prompt_input_ids": prompt, "prompt_attention_mask": [1] * len(prompt)}
+        for side in ("chosen", "rejected"):
+            answer = feature[f"{side}_ids"]
+            row[f"{side}_input_ids"] = prompt + answer
+            row[f"{side}_attention_mask"] = [1] * (len(prompt) + len(answer))
+            row[f"{side}_labels"] = [-100] * len(prompt) + answer
+        return row
+
+
+def experimental_trainer(name: str, config: str, trainer: str) -> tuple[type, type]:
+    """A trainer TRL keeps in trl.experimental (ORPO, CPO): its config and trainer classes, without the warning
+    its import prints (it is a note for library users; ftcli's tests pin what it uses)."""
+    import importlib
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = importlib.import_module(f"trl.experimental.{name}")
+    return getattr(module, config), getattr(module, trainer)
+
+
+def cpo_loss_types() -> list[str]:
+    """The CPO losses of the installed TRL, from CPOConfig's loss_type field."""
+    import dataclasses
+
+    config, _ = experimental_trainer("cpo", "CPOConfig", "CPOTrainer")
+    field = next(f for f in dataclasses.fields(config) if f.name == "loss_type")
+    return list(field.metadata.get("choices", ()))
+
+
 def dpo_loss_types() -> list[str]:
     """The DPO losses of the installed TRL, read from DPOConfig's loss_type field help (TRL keeps no public list,
     and checks the name only at the first training step, after the data is prepared)."""

@@ -12,7 +12,7 @@ import torch
 from ftcli import launch
 from ftcli.models.builtin import builtin_path
 from ftcli.recipe import load_recipe
-from ftcli.tasks import dpo, reward
+from ftcli.recipe.registry import TASKS, load
 from tests.helpers import RECIPES, call_main, probe_logits, reload_logits
 
 SMOKE = RECIPES / "smoke"
@@ -20,8 +20,9 @@ SMOKE = RECIPES / "smoke"
 
 def align(name, out, *overrides, on_done=None):
     recipe = load_recipe(SMOKE / f"{name}.yaml", [f"output.dir={out}", *overrides])
-    module = {"dpo": dpo, "reward": reward}.get(recipe.task)
-    return module.run(recipe, on_done=on_done) if on_done else launch.run("align", recipe, False, False)
+    if on_done is None:
+        return launch.run("align", recipe, False, False)
+    return load(TASKS[recipe.task].trainer)(recipe, on_done=on_done)
 
 
 def test_dpo_lora_learns_the_held_out_preference_and_reloads(tmp_path):
@@ -43,6 +44,38 @@ def test_dpo_lora_learns_the_held_out_preference_and_reloads(tmp_path):
     assert not (out / "ref").exists()  # TRL's frozen reference adapter is not part of the result
     fresh = reload_logits(out, "lora", tmp_path / "logits.pt")
     torch.testing.assert_close(fresh, seen["logits"], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["orpo-lora", "simpo-lora", "cpo-lora"])
+def test_reference_free_preference_tasks_learn_the_held_out_preference_and_reload(name, tmp_path, capsys):
+    out, seen = tmp_path / "run", {}
+    summary = align(name, out, on_done=lambda model, tok: seen.update(logits=probe_logits(model, tok)))
+    assert summary["status"] == "completed" and summary["final_loss"] < 0.5 * summary["first_loss"]
+    assert summary["eval_accuracy"] >= 0.8 and summary["eval_margin"] > 0, summary
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval_rewards/accuracies" in r for r in rows)
+    fresh = reload_logits(out, "lora", tmp_path / "logits.pt")
+    torch.testing.assert_close(fresh, seen["logits"], rtol=1e-4, atol=1e-4)
+    capsys.readouterr()
+    assert call_main("infer", out, "-p", "What is the capital of Peru?", "--max-new-tokens", "24") == 0
+    assert capsys.readouterr().out.strip()
+
+
+def test_cpo_refuses_losses_it_does_not_run_and_simpo_keys_elsewhere(tmp_path, capsys):
+    run = f"output.dir={tmp_path / 'r'}"
+    assert call_main("align", SMOKE / "cpo-lora.yaml", "align.loss_type=simpo", run) == 2
+    assert "align.loss_type: SimPO is `task: simpo`" in capsys.readouterr().err
+    assert call_main("align", SMOKE / "cpo-lora.yaml", "align.loss_type=robust", run) == 2
+    assert (
+        "'robust' is not a CPO loss of the installed TRL; it offers sigmoid, hinge, ipo"
+        in capsys.readouterr().err
+    )
+    assert call_main("validate", SMOKE / "dpo-lora.yaml", "align.simpo_gamma=1.0") == 2
+    assert "align.simpo_gamma: not read here" in capsys.readouterr().err
+    assert call_main("validate", SMOKE / "orpo-lora.yaml", "align.cpo_alpha=1.0") == 2
+    assert "align.cpo_alpha: not read here" in capsys.readouterr().err
+    assert call_main("validate", SMOKE / "simpo-lora.yaml", "method=prompt") == 2
+    assert "task simpo trains with full, lora, qlora, prefix, not prompt" in capsys.readouterr().err
 
 
 SCORE_SCRIPT = """

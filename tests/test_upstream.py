@@ -37,6 +37,44 @@ def test_trl_prepare_dataset_prepared_pairs_overrides(trainer):
     assert "_prepare_dataset(" in inspect.getsource(cls.__init__)  # still called while the trainer is built
 
 
+@pytest.mark.parametrize(
+    "name, config, trainer", [("orpo", "ORPOConfig", "ORPOTrainer"), ("cpo", "CPOConfig", "CPOTrainer")]
+)
+def test_trl_experimental_tokenize_row_tokenized_pair_rows_overrides(name, config, trainer, tmp_path):
+    """The trainer still builds its rows with self.tokenize_row, and its collator and forward read the columns
+    ftcli's hook writes."""
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ftcli.models.builtin import builtin_path
+    from ftcli.upstream import TokenizedPairRows, experimental_trainer
+
+    config_cls, trainer_cls = experimental_trainer(name, config, trainer)
+    assert params(trainer_cls.tokenize_row)[:3] == ["self", "feature", "model"]
+    pairs = datasets.Dataset.from_dict(
+        {"prompt_ids": [[1, 2, 3], [4, 5]], "chosen_ids": [[6, 7], [8]], "rejected_ids": [[9], [10, 11, 12]]}
+    )
+    path = builtin_path("builtin:tiny-llama")
+    built = type(trainer, (TokenizedPairRows, trainer_cls), {})(
+        model=AutoModelForCausalLM.from_pretrained(path),
+        args=config_cls(output_dir=str(tmp_path), max_length=16, report_to=[], use_cpu=True),
+        train_dataset=pairs,
+        processing_class=AutoTokenizer.from_pretrained(path),
+    )
+    row = built.train_dataset[0]
+    assert row["chosen_input_ids"] == [1, 2, 3, 6, 7] and row["chosen_labels"] == [-100, -100, -100, 6, 7]
+    batch = built.data_collator([built.train_dataset[0], built.train_dataset[1]])
+    loss, metrics = built.get_batch_loss_metrics(built.model, batch)
+    assert torch.isfinite(loss) and "rewards/accuracies" in metrics
+
+
+def test_cpo_loss_types_are_read_from_the_installed_trl():
+    from ftcli.upstream import cpo_loss_types
+
+    assert {"sigmoid", "hinge", "ipo", "simpo"} <= set(cpo_loss_types())
+
+
 def test_dpo_loss_types_are_read_from_the_installed_trl():
     from ftcli.upstream import dpo_loss_types
 

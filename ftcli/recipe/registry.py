@@ -80,6 +80,7 @@ class TaskSpec:
     lr_scale: dict = field(
         default_factory=dict
     )  # method -> default learning rate, where not the method's own
+    align_defaults: dict = field(default_factory=dict)  # `align:` key -> its default for this task
     check: str | None = None  # "module:function" (recipe): refusals that need its library, before the run dir
 
     @property
@@ -218,6 +219,8 @@ METHODS: dict[str, MethodSpec] = {
     )
 }
 
+# TRL's ORPO/CPO forward scores the labels against every logit, and prompt tuning's virtual tokens add logits.
+NO_PROMPT_TUNING = ("full", "lora", "qlora", "prefix")
 PREFERENCE_LR = {
     "full": 5e-7,
     "lora": 5e-6,
@@ -267,6 +270,51 @@ TASKS: dict[str, TaskSpec] = {
                 "max_prompt_length",
                 "max_completion_length",
             ),
+        ),
+        TaskSpec(
+            "orpo",
+            "align",
+            ("preference",),
+            "ftcli.tasks.orpo:run",
+            infer_modes=("generate",),
+            methods=NO_PROMPT_TUNING,
+            lr_scale={**PREFERENCE_LR, "full": 8e-6, "lora": 5e-5, "qlora": 5e-5},  # ORPO paper: 8e-6 full
+            align_keys=("beta", "max_prompt_length", "max_completion_length"),
+        ),
+        TaskSpec(
+            "cpo",
+            "align",
+            ("preference",),
+            "ftcli.tasks.cpo:run",
+            infer_modes=("generate",),
+            methods=NO_PROMPT_TUNING,
+            lr_scale={**PREFERENCE_LR, "lora": 1e-4, "qlora": 1e-4},  # CPO paper (ALMA-R): LoRA at 1e-4
+            check="ftcli.tasks.cpo:check",
+            align_keys=(
+                "beta",
+                "loss_type",
+                "label_smoothing",
+                "cpo_alpha",
+                "max_prompt_length",
+                "max_completion_length",
+            ),
+            align_defaults={"cpo_alpha": 1.0},
+        ),
+        TaskSpec(
+            "simpo",
+            "align",
+            ("preference",),
+            "ftcli.tasks.cpo:run",
+            infer_modes=("generate",),
+            methods=NO_PROMPT_TUNING,
+            lr_scale={
+                **PREFERENCE_LR,
+                "full": 1e-6,
+                "lora": 1e-5,
+                "qlora": 1e-5,
+            },  # SimPO paper: 3e-7..1e-6 full
+            align_keys=("beta", "simpo_gamma", "cpo_alpha", "max_prompt_length", "max_completion_length"),
+            align_defaults={"beta": 2.0, "cpo_alpha": 0.0},
         ),
         TaskSpec(
             "reward",

@@ -219,8 +219,9 @@ def _resolve(recipe, task, method) -> None:
         training.learning_rate = default_learning_rate(task.name, method.name)
     if data.packing is None:
         data.packing = task.packs and not method.virtual_tokens
-    if "beta" in task.align_keys and align.beta is None:
-        align.beta = 0.1
+    for key, value in {"beta": 0.1, **task.align_defaults}.items():
+        if key in task.align_keys and getattr(align, key) is None:
+            setattr(align, key, value)
     if "max_prompt_length" in task.align_keys and align.max_prompt_length is None:
         align.max_prompt_length = data.max_length // 2
     if "max_completion_length" in task.align_keys and align.max_completion_length is None:

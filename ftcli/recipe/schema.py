@@ -186,11 +186,26 @@ class AlignSpec(Strict):
     """Preference optimization (`ftcli align`): the knobs of TRL's DPO, KTO, ORPO, SimPO (CPO) and reward trainers."""
 
     beta: float | None = Field(
-        None, gt=0, description="dpo, kto: strength of the KL anchor to the reference; default 0.1"
+        None,
+        gt=0,
+        description="dpo, kto, cpo: strength of the KL anchor to the reference (default 0.1); orpo: weight of "
+        "the odds-ratio term (lambda, default 0.1); simpo: reward scale (default 2.0)",
     )
     loss_type: str | list[str] = Field(
         "sigmoid",
-        description="dpo: sigmoid, ipo, hinge, robust, ... (any the installed TRL offers; a list mixes)",
+        description="dpo: sigmoid, ipo, hinge, robust, ... (any the installed TRL offers; a list mixes); "
+        "cpo: sigmoid, hinge or ipo",
+    )
+    cpo_alpha: float | None = Field(
+        None,
+        ge=0,
+        description="cpo, simpo: weight of the NLL term on the chosen answer; default 1.0 for cpo, 0.0 for "
+        "simpo (> 0: CPO-SimPO)",
+    )
+    simpo_gamma: float = Field(
+        0.5,
+        ge=0,
+        description="simpo: target reward margin gamma (the paper quotes gamma/beta; gamma = that x beta)",
     )
     loss_weights: list[float] | None = Field(None, description="weights when loss_type is a list")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="robust/cDPO label noise (dpo)")

@@ -1,4 +1,4 @@
-"""Pieces the preference objectives (dpo, kto, reward) share: the reference model and the
+"""Pieces the preference objectives (dpo, kto, orpo, cpo, simpo, reward) share: the reference model and the
 preference-accuracy summary fields."""
 
 from __future__ import annotations
