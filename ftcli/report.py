@@ -68,9 +68,12 @@ def print_prepare_stats(stats: dict, cache_dir: str, cache_hit: bool) -> None:
         if split in stats:
             st = stats[split]
             line = f"{split}: {st['rows']} rows, {human(st['tokens'])} tokens, {human(st['label_tokens'])} label tokens, "
-            if "prompt_length_p50" in st:  # preference pairs
+            if "longest_pair" in st:  # preference pairs
                 line += f"prompt p50/max {st['prompt_length_p50']}/{st['prompt_length_max']}, longest pair "
                 line += str(st["longest_pair"])
+            elif "prompt_length_p50" in st:  # prompts (online RL)
+                line = f"{split}: {st['rows']} prompts, {human(st['tokens'])} tokens, "
+                line += f"prompt p50/max {st['prompt_length_p50']}/{st['prompt_length_max']}"
             else:
                 line += f"length p50/p90/p99/max {st['length_p50']}/{st['length_p90']}/{st['length_p99']}/"
                 line += str(st["length_max"])
@@ -243,9 +246,13 @@ def make_callback(run_dir: Path, collator=None):
             info = []
             if "loss" in self.last:
                 info.append(f"loss {self.last['loss']:.4f}")
+            if "reward" in self.last:  # online RL: what it learns to raise
+                info.append(f"reward {self.last['reward']:.4f}")
             if "learning_rate" in self.last:
                 info.append(f"lr {self.last['learning_rate']:.2e}")
-            elapsed = time.perf_counter() - self.start
+            elapsed = (
+                time.perf_counter() - self.start if self.start is not None else 0
+            )  # (eval before training)
             if collator is not None and elapsed > 0:
                 info.append(f"{human(collator.real_tokens / elapsed)} tok/s")
             return "  ".join(info)
@@ -262,12 +269,20 @@ def make_callback(run_dir: Path, collator=None):
             self.last.update(row)
             with self.metrics_file.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
-            info = self._info() + (f"  eval {row['eval_loss']:.4f}" if "eval_loss" in row else "")
+            # online RL is judged by its held-out reward, everything else by its held-out loss
+            held_out = (
+                f"eval reward {row['eval_reward']:.4f}"
+                if "eval_reward" in row
+                else f"eval loss {row['eval_loss']:.4f}"
+                if "eval_loss" in row
+                else ""
+            )
+            info = self._info() + (f"  {held_out}" if held_out else "")
             if self.bar:
                 self.bar.update(self.task, info=info)
-            elif self.plain and "eval_loss" in row:  # evaluations are worth a line of their own
+            elif self.plain and held_out:  # evaluations are worth a line of their own
                 console.print(
-                    f"step {state.global_step}/{state.max_steps}  eval loss {row['eval_loss']:.4f}",
+                    f"step {state.global_step}/{state.max_steps}  {held_out}",
                     highlight=False,
                     markup=False,
                     soft_wrap=True,

@@ -142,6 +142,20 @@ def cpo_loss_types() -> list[str]:
     return list(field.metadata.get("choices", ()))
 
 
+def grpo_loss_types() -> list[str]:
+    """The GRPO losses of the installed TRL, from the "Supported values are ..." sentence of GRPOConfig's loss_type
+    help (TRL keeps no public list)."""
+    import dataclasses
+
+    from trl import GRPOConfig
+
+    help_text = next(f for f in dataclasses.fields(GRPOConfig) if f.name == "loss_type").metadata.get(
+        "help", ""
+    )
+    sentence = re.search(r"Supported values are (.*?)\.\s", help_text)
+    return re.findall(r"'([a-z_]+)'", sentence.group(1)) if sentence else []
+
+
 def dpo_loss_types() -> list[str]:
     """The DPO losses of the installed TRL, read from DPOConfig's loss_type field help (TRL keeps no public list,
     and checks the name only at the first training step, after the data is prepared)."""

@@ -23,6 +23,7 @@ from ftcli.data.cache import (
 from ftcli.data.images import ImageRows, begin_token_id
 from ftcli.data.packing import pack_rows
 from ftcli.data.pairs import PAIR_COLUMNS, PairTokenizer
+from ftcli.data.prompts import PROMPT_COLUMNS, PromptRows
 from ftcli.data.sources import ROW, load_source
 from ftcli.data.templates import resolve_template
 from ftcli.data.tokenize import (
@@ -56,9 +57,10 @@ class PreparedData:
 def prepare_data(recipe: Recipe, tokenizer, log: Callable[[str], None] = lambda _: None) -> PreparedData:
     data = recipe.data
     packed = data.packing
-    pairs = TASKS[recipe.task].pairs
+    task = TASKS[recipe.task]
+    pairs = task.pairs
     needs_template = any(FORMATS[s.format or data.format].templated for s in _all_sources(recipe))
-    if pairs:  # preference pairs use a chat template when there is one, else raw text
+    if pairs or (task.prompts and not needs_template):  # pairs and prompts: the chat template if there is one
         needs_template = bool(data.template or getattr(tokenizer, "chat_template", None))
     template = resolve_template(data.template, tokenizer) if needs_template else None
     key = fingerprint(
@@ -69,6 +71,7 @@ def prepare_data(recipe: Recipe, tokenizer, log: Callable[[str], None] = lambda 
             "pair_lengths": [recipe.align.max_prompt_length, recipe.align.max_completion_length]
             if pairs
             else None,
+            "prompts": [recipe.align.max_prompt_length, *reward_columns(recipe)] if task.prompts else None,
             "template": template,
             "caption_prompt": recipe.multimodal.caption_prompt if recipe.multimodal else None,
             "tokenizer": tokenizer_fingerprint(tokenizer),
@@ -98,6 +101,11 @@ def prepare_data(recipe: Recipe, tokenizer, log: Callable[[str], None] = lambda 
                 {"path": src.path, "split": "train" if group == "sources" else "eval", **counts}
             )
 
+    if TASKS[recipe.task].prompts and len({str(p.features["prompt"]) for p in train_parts + eval_parts}) > 1:
+        raise DataError(
+            "the sources give prompts of two kinds, conversations (chat, instruction, preference with a chat "
+            "template) and raw text (completion); GRPO samples from one kind: convert one of them"
+        )
     train = datasets.concatenate_datasets(train_parts) if len(train_parts) > 1 else train_parts[0]
     if len(train) == 0:
         raise DataError("no training rows left after tokenization (all dropped or bad); see `ftcli prepare`")
@@ -114,7 +122,7 @@ def prepare_data(recipe: Recipe, tokenizer, log: Callable[[str], None] = lambda 
     if len(train) == 0:
         raise DataError("no training rows left after tokenization (all dropped or bad); see `ftcli prepare`")
 
-    split_stats = _pair_stats if pairs else _split_stats
+    split_stats = _pair_stats if pairs else _prompt_stats if task.prompts else _split_stats
     stats = {"sources": source_stats, "train": split_stats(train)}
     if evaluation is not None:
         stats["eval"] = split_stats(evaluation)
@@ -156,7 +164,17 @@ def _tokenize_source(recipe: Recipe, src: DataSource, key: str, tokenizer, templ
     fmt = src.format or data.format
     columns = src.columns if src.columns is not None else data.columns
     images = FORMATS[fmt].images
-    if TASKS[recipe.task].pairs:
+    if TASKS[recipe.task].prompts:
+        conversations = template is not None and (FORMATS[fmt].templated or FORMATS[fmt].encoding == "pair")
+        tokenize = PromptRows(
+            tokenizer,
+            fmt,
+            columns,
+            template if conversations else None,
+            recipe.align.max_prompt_length,
+            reward_columns(recipe),
+        )
+    elif TASKS[recipe.task].pairs:
         tokenize = PairTokenizer(
             tokenizer,
             columns,
@@ -186,7 +204,9 @@ def _tokenize_source(recipe: Recipe, src: DataSource, key: str, tokenizer, templ
             )
     keep = [i for i, s in enumerate(statuses) if s in KEEP]
     out = out.select(keep)
-    if TASKS[recipe.task].pairs:
+    if TASKS[recipe.task].prompts:
+        out = out.select_columns([*PROMPT_COLUMNS, *reward_columns(recipe), "prompt_length"])
+    elif TASKS[recipe.task].pairs:
         margins = out["margin"]
         has_margin = any(m is not None for m in margins)
         if has_margin and any(m is None for m in margins):
@@ -241,6 +261,24 @@ def _split_stats(ds) -> dict:
         "length_p90": pick(0.9),
         "length_p99": pick(0.99),
         "length_max": lengths[-1] if lengths else 0,
+    }
+
+
+def reward_columns(recipe: Recipe) -> tuple[str, ...]:
+    """Columns of the data a grpo run's match rewards compare against, besides the reference `answer`."""
+    return tuple(
+        sorted({r.column for r in recipe.align.rewards if r.type == "match" and r.column != "answer"})
+    )
+
+
+def _prompt_stats(ds) -> dict:
+    lengths = sorted(ds["prompt_length"])
+    return {
+        "rows": len(lengths),
+        "tokens": sum(lengths),
+        "label_tokens": 0,  # completions are sampled while training
+        "prompt_length_p50": lengths[len(lengths) // 2] if lengths else 0,
+        "prompt_length_max": lengths[-1] if lengths else 0,
     }
 
 

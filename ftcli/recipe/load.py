@@ -493,3 +493,18 @@ def _resolve_local_paths(recipe: Recipe, base: Path, origins: Origins) -> None:
                 setattr(spec, key, found)
             elif _looks_local(value):
                 raise RecipeError(f"path not found: {value}", key=_dotted(path), where=origins.find(path))
+    for i, reward in enumerate(recipe.align.rewards):  # a reward run dir, or the .py file of a function
+        key, value = ("path", reward.path) if reward.type == "model" else ("function", "")
+        if reward.type == "python" and ".py:" in reward.function:
+            value, _, name = reward.function.rpartition(":")
+        if not value:
+            continue
+        path = ("align", "rewards", i, key)
+        found = _resolve_local_path(value, base_of(path))
+        if found is None:
+            raise RecipeError(
+                f"not found: {value} (looked next to the recipe and in the working dir)",
+                key=_dotted(path),
+                where=origins.find(path),
+            )
+        setattr(reward, key, found if key == "path" else f"{found}:{name}")

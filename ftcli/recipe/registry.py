@@ -71,6 +71,9 @@ class TaskSpec:
     trainer: str  # "module:function" (recipe, overwrite, resume) -> summary
     head: str = "causal_lm"
     packs: bool = False  # its rows may be packed into max_length blocks
+    prompts: bool = (
+        False  # online RL: it learns from prompts (and reference answers), sampling its own completions
+    )
     infer_modes: tuple[str, ...] = ("generate", "perplexity")  # the first is infer's default
     evaluable: bool = True  # lm-eval scores its models
     methods: tuple[str, ...] = ALL_METHODS
@@ -85,7 +88,7 @@ class TaskSpec:
 
     @property
     def pairs(self) -> bool:
-        return all(FORMATS[f].encoding == "pair" for f in self.formats)
+        return not self.prompts and all(FORMATS[f].encoding == "pair" for f in self.formats)
 
 
 FORMATS: dict[str, FormatSpec] = {
@@ -315,6 +318,28 @@ TASKS: dict[str, TaskSpec] = {
             },  # SimPO paper: 3e-7..1e-6 full
             align_keys=("beta", "simpo_gamma", "cpo_alpha", "max_prompt_length", "max_completion_length"),
             align_defaults={"beta": 2.0, "cpo_alpha": 0.0},
+        ),
+        TaskSpec(
+            "grpo",
+            "align",
+            ("chat", "instruction", "completion", "preference"),
+            "ftcli.tasks.grpo:run",
+            prompts=True,
+            infer_modes=("generate",),
+            methods=("full", "lora", "qlora"),  # TRL scores completions without virtual tokens
+            lr_scale={"full": 1e-6, "lora": 1e-5, "qlora": 1e-5},  # TRL's GRPO default; adapters 10x
+            check="ftcli.tasks.grpo:check",
+            align_keys=(
+                "beta",
+                "loss_type",
+                "num_generations",
+                "temperature",
+                "use_vllm",
+                "rewards",
+                "max_prompt_length",
+                "max_completion_length",
+            ),
+            align_defaults={"beta": 0.0, "loss_type": "dapo"},  # TRL's: no KL term, no reference model
         ),
         TaskSpec(
             "reward",

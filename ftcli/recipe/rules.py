@@ -9,6 +9,8 @@ name the file and YAML line.
 
 from __future__ import annotations
 
+import re
+
 from ftcli.recipe.registry import FORMATS, METHODS, TASKS, default_learning_rate
 
 # Keys that shape a new adapter; continuing model.adapter keeps the adapter's own.
@@ -124,6 +126,29 @@ def _check_method(recipe, task, method) -> None:
         )
 
 
+def _check_groups(recipe) -> None:
+    """Online RL samples align.num_generations completions per prompt, and a batch holds whole groups."""
+    align, training = recipe.align, recipe.training
+    if not align.rewards:
+        raise ValueError(
+            "align.rewards: GRPO needs at least one reward, e.g. rewards: [{type: match}] (the answer must equal "
+            "the data's), {type: regex, pattern: ...}, {type: model, path: <reward run>}, {type: python, ...}"
+        )
+    if training.batch_size % align.num_generations:
+        raise ValueError(
+            f"training.batch_size: {training.batch_size} completions per batch is no whole number of groups of "
+            f"align.num_generations ({align.num_generations}); use a multiple of it"
+        )
+    if not any(r.weight for r in align.rewards):
+        raise ValueError("align.rewards: every weight is 0; nothing would be learned")
+    for i, reward in enumerate(align.rewards):
+        pattern = getattr(reward, "pattern", None)
+        try:
+            re.compile(pattern or "")
+        except re.error as exc:
+            raise ValueError(f"align.rewards.{i}.pattern: not a valid regex ({exc})") from None
+
+
 def _refuse_unread(recipe, task, method, formats) -> None:
     """A key set to anything but its default that the chosen task, method and formats would not read."""
     unread: list[tuple[str, str]] = []
@@ -142,7 +167,9 @@ def _refuse_unread(recipe, task, method, formats) -> None:
             )
     encodings = {f.encoding for f in formats}
     data = recipe.data
-    if changed(data, "train_on") and not encodings & {"chat", "completion"}:
+    if changed(data, "train_on") and task.prompts:
+        unread.append(("data.train_on", f"task {task.name} learns from the completions it samples"))
+    elif changed(data, "train_on") and not encodings & {"chat", "completion"}:
         unread.append(
             ("data.train_on", f"{', '.join(sorted(f.name for f in formats))} rows choose their own labels")
         )
@@ -219,13 +246,29 @@ def _resolve(recipe, task, method) -> None:
         training.learning_rate = default_learning_rate(task.name, method.name)
     if data.packing is None:
         data.packing = task.packs and not method.virtual_tokens
-    for key, value in {"beta": 0.1, **task.align_defaults}.items():
+    defaults = {"beta": 0.1, "loss_type": "sigmoid", **task.align_defaults}
+    for key, value in defaults.items():
         if key in task.align_keys and getattr(align, key) is None:
             setattr(align, key, value)
+    if align.beta == 0 and defaults["beta"] != 0:
+        raise ValueError(f"align.beta: task {task.name} needs beta > 0")
+    text_only = all(
+        FORMATS[s.format or data.format].encoding == "text" for s in [*data.sources, *data.eval_sources]
+    )
+    if data.overlong is None and not text_only:  # (text documents are split, never cut: the key stays unset)
+        data.overlong = "drop" if task.prompts else "truncate"
+    elif task.prompts and data.overlong == "truncate":
+        raise ValueError(
+            f"data.overlong: task {task.name} drops prompts over align.max_prompt_length (a prompt cut short "
+            "asks another question); remove it"
+        )
+    if task.prompts:
+        _check_groups(recipe)
     if "max_prompt_length" in task.align_keys and align.max_prompt_length is None:
         align.max_prompt_length = data.max_length // 2
     if "max_completion_length" in task.align_keys and align.max_completion_length is None:
-        align.max_completion_length = data.max_length
+        # pairs: what the prompt leaves of max_length; sampled completions: a fixed generation budget
+        align.max_completion_length = data.max_length - (align.max_prompt_length if task.prompts else 0)
     if method.peft_type == "LORA" and recipe.method.target_modules is None and not recipe.model.adapter:
         recipe.method.target_modules = "attention" if task.head == "git" else "all-linear"
     if recipe.infer.mode is None:

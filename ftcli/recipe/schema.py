@@ -104,8 +104,10 @@ class DataSpec(Strict):
     )
     train_on: Literal["completion", "all"] = Field("completion", description="which tokens carry the loss")
     max_length: int = Field(1024, ge=8, le=2**20, description="tokens per row (per packed row when packing)")
-    overlong: Literal["truncate", "drop"] = Field(
-        "truncate", description="what to do with rows over max_length"
+    overlong: Literal["truncate", "drop"] | None = Field(
+        None,
+        description="what to do with rows over max_length; default truncate (grpo: drop, a prompt cut short asks "
+        "another question)",
     )
     on_bad_rows: Literal["error", "skip"] = Field(
         "error",
@@ -182,19 +184,78 @@ class TrainingSpec(Strict):
     )
 
 
+class RewardBase(Strict):
+    weight: float = Field(1.0, description="its weight in the sum of rewards")
+
+
+class MatchReward(RewardBase):
+    """1.0 when the completion's answer equals the reference, else 0.0."""
+
+    type: Literal["match"] = "match"
+    column: str = Field(
+        "answer",
+        description="the reference: `answer` (the data's own: last assistant turn, output, completion or chosen) "
+        "or another column of the rows",
+    )
+    pattern: str | None = Field(
+        None,
+        description="regex whose first group (or whole match), at its last occurrence, is the answer, in the "
+        "completion and in the reference (e.g. '####\\s*(-?[\\d,.]+)' for GSM8K); None = the whole text",
+    )
+    normalize: bool = Field(
+        True, description="compare case-folded, with whitespace and end punctuation trimmed"
+    )
+
+
+class RegexReward(RewardBase):
+    """1.0 when the completion matches the pattern (a format check), else 0.0."""
+
+    type: Literal["regex"] = "regex"
+    pattern: str = Field(description="Python regex, searched in the completion")
+    full: bool = Field(False, description="the whole completion must match, not just a part of it")
+
+
+class LengthReward(RewardBase):
+    """0 up to max_tokens completion tokens, then -1 per max_tokens beyond (a linear length penalty)."""
+
+    type: Literal["length"] = "length"
+    max_tokens: int = Field(gt=0, le=2**20, description="completion tokens that cost nothing")
+
+
+class ModelReward(RewardBase):
+    """The score of a reward model trained by `ftcli align` (task: reward), on prompt + completion as it
+    trained."""
+
+    type: Literal["model"] = "model"
+    path: str = Field(description="the reward run dir (or its merged/)")
+
+
+class PythonReward(RewardBase):
+    """A function of the user's, called as TRL calls reward functions: fn(prompts, completions, **columns)."""
+
+    type: Literal["python"] = "python"
+    function: str = Field(description="module:function, or path/to/file.py:function (next to the recipe)")
+
+
+Reward = Annotated[
+    Union[MatchReward, RegexReward, LengthReward, ModelReward, PythonReward], Field(discriminator="type")
+]
+
+
 class AlignSpec(Strict):
-    """Preference optimization (`ftcli align`): the knobs of TRL's DPO, KTO, ORPO, SimPO (CPO) and reward trainers."""
+    """`ftcli align`: the knobs of TRL's DPO, KTO, ORPO, CPO/SimPO, reward and GRPO trainers."""
 
     beta: float | None = Field(
         None,
-        gt=0,
+        ge=0,
         description="dpo, kto, cpo: strength of the KL anchor to the reference (default 0.1); orpo: weight of "
-        "the odds-ratio term (lambda, default 0.1); simpo: reward scale (default 2.0)",
+        "the odds-ratio term (lambda, default 0.1); simpo: reward scale (default 2.0); grpo: KL coefficient "
+        "(default 0: no reference model)",
     )
-    loss_type: str | list[str] = Field(
-        "sigmoid",
-        description="dpo: sigmoid, ipo, hinge, robust, ... (any the installed TRL offers; a list mixes); "
-        "cpo: sigmoid, hinge or ipo",
+    loss_type: str | list[str] | None = Field(
+        None,
+        description="dpo: sigmoid (default), ipo, hinge, robust, ... (any the installed TRL offers; a list mixes); "
+        "cpo: sigmoid (default), hinge or ipo; grpo: dapo (default), grpo, dr_grpo, bnpo, ... (as TRL offers)",
     )
     cpo_alpha: float | None = Field(
         None,
@@ -225,6 +286,20 @@ class AlignSpec(Strict):
         ge=1,
         description="answer tokens kept (from the start, within what the prompt leaves of "
         "data.max_length); default data.max_length",
+    )
+    num_generations: int = Field(
+        8,
+        ge=2,
+        le=1024,
+        description="grpo: completions sampled per prompt (the group its advantages compare)",
+    )
+    temperature: float = Field(1.0, gt=0, description="grpo: sampling temperature of the completions")
+    use_vllm: bool | Literal["auto"] = Field(
+        "auto", description="grpo: generate with vLLM (colocated); auto = when vLLM is installed and on a GPU"
+    )
+    rewards: list[Reward] = Field(
+        default_factory=list,
+        description="grpo: the reward functions, weighted and summed: match, regex, length, model, python",
     )
     desirable_weight: float = Field(1.0, gt=0, description="kto: weight of chosen (desirable) examples")
     undesirable_weight: float = Field(1.0, gt=0, description="kto: weight of rejected (undesirable) examples")

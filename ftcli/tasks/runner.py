@@ -19,7 +19,7 @@ from ftcli.models.load import load_base_model, load_tokenizer, model_source, tra
 from ftcli.models.memory import choose_gradient_checkpointing
 from ftcli.models.methods import apply_method, parameter_counts
 from ftcli.models.save import save_model_outputs
-from ftcli.recipe.registry import METHODS
+from ftcli.recipe.registry import METHODS, TASKS
 from ftcli.recipe.schema import Recipe
 from ftcli.run_dir import (
     FINAL_STAGING,
@@ -212,17 +212,23 @@ def make_trainer(trainer_cls, setup: Setup, args, train_collator, eval_collator,
     )
 
 
+def quiet_stdout(trainer) -> None:
+    """transformers' PrinterCallback prints raw log dicts to stdout, which is for results."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+
+
 def train_and_save(trainer, setup: Setup, out: Path, resume: bool, callback, on_done=None) -> dict:
     """Plan table, train (from the newest checkpoint with --resume), final eval, outputs, loss.png; the summary
     fields every task reports."""
     import torch
-    from transformers.trainer_callback import PrinterCallback
 
     recipe = setup.recipe
     setup.weights_dtype = cast_trained(
         trainer.model, recipe
     )  # after the trainer: TRL casts QLoRA adapters to bf16
-    trainer.remove_callback(PrinterCallback)  # it prints raw log dicts to stdout, which is for results
+    quiet_stdout(trainer)
     trainer.add_callback(make_guards())
     if trainer.args.should_save:  # what saves killed in an earlier attempt left (before any worker writes)
         clear_staging(out)
@@ -250,6 +256,7 @@ def train_and_save(trainer, setup: Setup, out: Path, resume: bool, callback, on_
     if dispatch.is_main_process():
         report.plot_losses(out / "metrics.jsonl", out / "loss.png")
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    rewards = [r["reward"] for r in trainer.state.log_history if "reward" in r]  # online RL
     evals = [r["eval_loss"] for r in trainer.state.log_history if "eval_loss" in r]
     summary = {
         "steps": trainer.state.global_step,
@@ -257,6 +264,7 @@ def train_and_save(trainer, setup: Setup, out: Path, resume: bool, callback, on_
         "first_loss": round(losses[0], 4) if losses else None,
         "final_loss": round(losses[-1], 4) if losses else None,
         "train_loss": result.training_loss,
+        **({"first_reward": round(rewards[0], 4), "final_reward": round(rewards[-1], 4)} if rewards else {}),
         "final_eval_loss": final_eval.get("eval_loss"),
         "best_eval_loss": min(evals) if evals else None,
         "train_seconds": round(train_seconds, 2),
@@ -286,6 +294,7 @@ def train_and_save(trainer, setup: Setup, out: Path, resume: bool, callback, on_
     report.console.print(
         f"[green]done[/] {summary['steps']} steps in {train_seconds:.1f}s, loss {summary['first_loss']} -> "
         f"{summary['final_loss']}"
+        + (f", reward {summary['first_reward']} -> {summary['final_reward']}" if rewards else "")
         + (f", eval {summary['final_eval_loss']:.4f}" if final_eval else "")
         + f"  {out}",
         soft_wrap=True,
@@ -361,7 +370,14 @@ def _print_plan(setup: Setup, trainer) -> None:
         ),
         (
             "data",
-            f"{len(data.train)} train {'pairs' if 'chosen_ids' in data.train.column_names else 'rows'}"
+            f"{len(data.train)} train "
+            + (
+                "pairs"
+                if "chosen_ids" in data.train.column_names
+                else "prompts"
+                if TASKS[recipe.task].prompts
+                else "rows"
+            )
             + (" (packed)" if data.packed else "")
             + (f", {len(data.eval)} eval" if data.eval is not None else "")
             + f", {report.human(data.stats['train']['tokens'])} tokens",
