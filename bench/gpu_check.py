@@ -16,6 +16,9 @@ Stages, each in its own processes with its own time limit (a failed stage is rec
               trl         TRL SFTTrainer with its defaults (what users write)
               ftcli-full / ftcli-lora / ftcli-qlora   `ftcli train`, ftcli's defaults
   infer       `ftcli infer` batched greedy generation against model.generate() on the same GPU and prompts
+  tasks       issue 20's tasks on the GPU: GRPO (the workload model, a regex reward) with transformers generate and,
+              when vLLM is installed, with vLLM; VLM LoRA and QLoRA (builtin tiny LLaVA on the shapes): steps/s,
+              step time, peak memory, reward before/after or eval loss
 Targets (issue 17): full >= 0.95x raw-amp; LoRA faster than full and >= 0.90x raw-lora; QLoRA peak memory below
 LoRA's, LoRA's below full's; infer >= 0.90x generate(); engine losses equal within bf16 noise.
 """
@@ -529,6 +532,7 @@ class Check:
             for variant in VARIANTS:
                 self.variant(variant)
             self.infer()
+            self.tasks()
         return self.results
 
     def size_flag(self) -> list[str]:
@@ -681,6 +685,53 @@ class Check:
         )
         self.stage("infer", self.results["infer"])
 
+    def tasks(self) -> None:
+        """GRPO (with and without vLLM) and VLM LoRA/QLoRA, each one `ftcli` command, its summary kept."""
+        device = "cpu" if self.args.smoke else "cuda"
+        steps = 4 if self.args.smoke else 30
+        grpo = [
+            "align",
+            str(ROOT / "recipes/smoke/grpo-lora.yaml"),
+            f"model.name={self.work / 'model'}",
+            f"data.sources=[{self.work / 'chat.jsonl'}]",
+            "data.template=chatml",
+            f"training.max_steps={steps}",
+            f"training.eval_steps={steps}",
+            f"launch.device={device}",
+        ]
+        vlm = [
+            "train",
+            str(ROOT / "recipes/smoke/vlm-lora.yaml"),
+            f"training.max_steps={steps * 4}",
+            f"launch.device={device}",
+        ]
+        runs = {
+            "grpo-generate": grpo + ["align.use_vllm=false"],
+            "vlm-lora": vlm,
+            "vlm-qlora": vlm + ["method.type=qlora"],
+        }
+        if _has_module("vllm") and not self.args.smoke:
+            runs["grpo-vllm"] = grpo + ["align.use_vllm=true"]
+        keep = ("status", "steps", "train_seconds", "step_time_s", "peak_memory_bytes", "device", "precision")
+        keep += ("eval_reward_before", "eval_reward", "final_eval_loss", "images_per_s", "tokens_per_s")
+        for name, argv in runs.items():
+            limit = min(240, self.left())
+            if limit < 30:
+                self.results.setdefault("tasks", {})[name] = {"status": "skipped", "reason": "time budget"}
+                continue
+            out = self.work / f"task-{name}"
+            code, text = self.child(
+                [sys.executable, "-m", "ftcli", *argv, f"output.dir={out}", "--overwrite"], limit, name
+            )
+            summary = (
+                json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+            )
+            result = {k: summary.get(k) for k in keep if k in summary}
+            if code != 0:
+                result.update(status="failed", exit=code, error=text[-1500:])
+            self.results.setdefault("tasks", {})[name] = result
+            self.stage(f"tasks {name}", result)
+
 
 def _has_module(name: str) -> bool:
     import importlib.util
@@ -816,6 +867,32 @@ def markdown(results: dict) -> str:
         )
     else:
         lines.append(f"{infer.get('status')}: {str(infer.get('error'))[-300:]}")
+    tasks = results.get("tasks") or {}
+    if tasks:
+        lines += [
+            "",
+            "## Tasks (GRPO, VLM)",
+            "",
+            "| run | status | steps | s | p50 step s | peak GiB | result |",
+        ]
+        lines.append("|---|---|---|---|---|---|---|")
+        for name, r in tasks.items():
+            peak = r.get("peak_memory_bytes")
+            outcome = (
+                f"held-out reward {r.get('eval_reward_before')} -> {r.get('eval_reward')}"
+                if "eval_reward" in r
+                else f"eval loss {r.get('final_eval_loss')}"
+                if r.get("final_eval_loss") is not None
+                else str(r.get("error", ""))[-120:]
+            )
+            p50 = (r.get("step_time_s") or {}).get("p50") if isinstance(r.get("step_time_s"), dict) else None
+            lines.append(
+                f"| {name} | {r.get('status')} | {r.get('steps')} | {r.get('train_seconds')} | {p50} | "
+                f"{peak / 2**30:.2f} | {outcome} |"
+                if peak
+                else f"| {name} | {r.get('status')} | {r.get('steps')} | {r.get('train_seconds')} | {p50} | - | "
+                f"{outcome} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -330,7 +330,7 @@ CASES = [
     (
         "image data for sft",
         lambda t: ["validate", SMOKE / "sft-lora.yaml", "data.format=caption"],
-        "caption rows train with task: caption",
+        "caption rows train with task: vlm or caption",
     ),
     (
         "caption key matches nothing",

@@ -61,6 +61,21 @@ def test_match_compares_extracted_and_normalized_answers():
     assert exact([None] * 2, ["Lima", "lima"], city=["Lima", "Lima"]) == [1.0, 0.0]
 
 
+def test_match_with_an_optional_group_and_async_python_rewards_are_named_for_trl():
+    import asyncio
+
+    from ftcli.tasks.rewards import _named
+
+    either = Match(MatchReward(pattern=r"answer: (\w+)|done"))
+    assert either([None] * 2, ["answer: Lima", "done"], answer=["Lima", "done"]) == [1.0, 1.0]
+
+    async def later(prompts, completions, **kwargs):
+        return [1.0 for _ in completions]
+
+    wrapped = _named(later, "later")
+    assert wrapped.__name__ == "later" and asyncio.run(wrapped(prompts=[None], completions=["x"])) == [1.0]
+
+
 def test_regex_and_length_rewards():
     search = Regex(RegexReward(pattern=r"<answer>.*</answer>"))
     full = Regex(RegexReward(pattern=r"<answer>.*</answer>", full=True))

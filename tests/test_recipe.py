@@ -134,7 +134,7 @@ def test_extends_cycle_is_an_error(tmp_path):
 def test_task_and_format_must_agree(tmp_path):
     path = write_recipe(tmp_path / "r.yaml", BASE)
     assert error_of(path, ["task=pretrain"]) == (
-        f"{path}:4 data.format: task pretrain cannot learn from chat rows (it takes text); chat rows train with task: sft"
+        f"{path}:4 data.format: task pretrain cannot learn from chat rows (it takes text); chat rows train with task: sft or grpo"
     )
 
 

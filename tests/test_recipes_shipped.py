@@ -46,14 +46,16 @@ def local_datasets(tmp_path_factory):
     holding every file and folder they name."""
     root = tmp_path_factory.mktemp("datasets")
     for recipe in (ROOT / "recipes").rglob("*.yaml"):
-        for var, rest in re.findall(r"\$\{env:(COCO_DIR|M3IT_DIR)\}(/[^\s\"']+)", recipe.read_text()):
+        for var, rest in re.findall(
+            r"\$\{env:(COCO_DIR|M3IT_DIR|LLAVA_DIR)\}(/[^\s\"']+)", recipe.read_text()
+        ):
             target = root / var / rest.lstrip("/")
             if target.suffix in (".json", ".jsonl"):
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.touch()
             else:
                 target.mkdir(parents=True, exist_ok=True)
-    return {var: str(root / var) for var in ("COCO_DIR", "M3IT_DIR")}
+    return {var: str(root / var) for var in ("COCO_DIR", "M3IT_DIR", "LLAVA_DIR")}
 
 
 @pytest.mark.parametrize("name, path, description", RECIPES, ids=[r[0] for r in RECIPES])

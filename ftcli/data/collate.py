@@ -82,3 +82,30 @@ class ImageCollator(_RightPadding):
             "attention_mask": attention_mask,
             "pixel_values": pixel_values,
         }
+
+
+@dataclass
+class VisionCollator(_RightPadding):
+    """Image conversations (task: vlm): padded text plus what the model's processor makes of the batch's images,
+    in row order (pixel_values, and image_grid_thw or image_sizes where the model takes them), and the per-token
+    modality ids of processors that return them (Qwen2/2.5-VL's M-RoPE positions read them; Gemma 3 calls them
+    token_type_ids), exactly as the processor gives them at inference."""
+
+    processor: object = None
+
+    def __call__(self, examples: list[dict]) -> dict:
+        import torch
+
+        from ftcli.data.images import load_rgb
+
+        input_ids, labels, width = self._pad(examples)
+        lengths = torch.tensor([len(e["input_ids"]) for e in examples])
+        attention_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
+        images = [load_rgb(path) for e in examples for path in e["images"]]
+        batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+        batch.update(self.processor.image_processor(images=images, return_tensors="pt"))
+        if getattr(self.processor, "return_mm_token_type_ids", False):
+            kinds = torch.tensor(self.processor.create_mm_token_type_ids(input_ids.tolist()))
+            names = self.processor.model_input_names
+            batch["token_type_ids" if "token_type_ids" in names else "mm_token_type_ids"] = kinds
+        return batch

@@ -36,6 +36,7 @@ from ftcli.data.tokenize import (
     TRUNCATED,
     RowTokenizer,
 )
+from ftcli.data.vision import VisionRows
 from ftcli.errors import DataError
 from ftcli.recipe.registry import FORMATS, TASKS
 from ftcli.recipe.schema import DataSource, Recipe
@@ -54,7 +55,10 @@ class PreparedData:
     extra: dict = field(default_factory=dict)
 
 
-def prepare_data(recipe: Recipe, tokenizer, log: Callable[[str], None] = lambda _: None) -> PreparedData:
+def prepare_data(
+    recipe: Recipe, tokenizer, log: Callable[[str], None] = lambda _: None, processor=None
+) -> PreparedData:
+    """`processor`: a vision-language model's (task: vlm), which lays out its images' tokens."""
     data = recipe.data
     packed = data.packing
     task = TASKS[recipe.task]
@@ -62,7 +66,9 @@ def prepare_data(recipe: Recipe, tokenizer, log: Callable[[str], None] = lambda 
     needs_template = any(FORMATS[s.format or data.format].templated for s in _all_sources(recipe))
     if pairs or (task.prompts and not needs_template):  # pairs and prompts: the chat template if there is one
         needs_template = bool(data.template or getattr(tokenizer, "chat_template", None))
-    template = resolve_template(data.template, tokenizer) if needs_template else None
+    if processor is not None:  # every vlm row is a conversation, in the processor's own template
+        needs_template, tokenizer = True, processor.tokenizer
+    template = resolve_template(data.template, processor or tokenizer) if needs_template else None
     key = fingerprint(
         {
             "data": data.model_dump(mode="json", exclude={"cache_dir", "num_proc"}),
@@ -75,6 +81,7 @@ def prepare_data(recipe: Recipe, tokenizer, log: Callable[[str], None] = lambda 
             "template": template,
             "caption_prompt": recipe.multimodal.caption_prompt if recipe.multimodal else None,
             "tokenizer": tokenizer_fingerprint(tokenizer),
+            "image_processor": processor.image_processor.to_dict() if processor is not None else None,
             "files": [source_fingerprint(s.path) for s in _all_sources(recipe)],
         }
     )
@@ -94,7 +101,7 @@ def prepare_data(recipe: Recipe, tokenizer, log: Callable[[str], None] = lambda 
         for i, src in enumerate(sources):
             log(f"tokenizing {src.path}")
             part, counts = _tokenize_source(
-                recipe, src, f"data.{group}.{i}", tokenizer, template, root / "sources"
+                recipe, src, f"data.{group}.{i}", tokenizer, template, root / "sources", processor
             )
             (train_parts if group == "sources" else eval_parts).append(part)
             source_stats.append(
@@ -150,7 +157,9 @@ def _all_sources(recipe: Recipe) -> list[DataSource]:
     return [*recipe.data.sources, *recipe.data.eval_sources]
 
 
-def _tokenize_source(recipe: Recipe, src: DataSource, key: str, tokenizer, template, sources_cache: Path):
+def _tokenize_source(
+    recipe: Recipe, src: DataSource, key: str, tokenizer, template, sources_cache: Path, processor=None
+):
     data = recipe.data
     ds = load_source(src, key, sources_cache)
     rows_read = len(ds)
@@ -164,7 +173,18 @@ def _tokenize_source(recipe: Recipe, src: DataSource, key: str, tokenizer, templ
     fmt = src.format or data.format
     columns = src.columns if src.columns is not None else data.columns
     images = FORMATS[fmt].images
-    if TASKS[recipe.task].prompts:
+    if processor is not None:
+        tokenize = VisionRows(
+            processor,
+            fmt,
+            columns,
+            template,
+            data.train_on,
+            data.max_length,
+            data.overlong,
+            _image_rows(recipe, src, tokenizer),
+        )
+    elif TASKS[recipe.task].prompts:
         conversations = template is not None and (FORMATS[fmt].templated or FORMATS[fmt].encoding == "pair")
         tokenize = PromptRows(
             tokenizer,
@@ -218,6 +238,8 @@ def _tokenize_source(recipe: Recipe, src: DataSource, key: str, tokenizer, templ
                 field=columns.get("margin", "margin"),
             )
         out = out.select_columns([*PAIR_COLUMNS, *(["margin"] if has_margin else [])])
+    elif processor is not None:
+        out = out.select_columns(["input_ids", "labels", "images"])
     else:
         out = out.select_columns(["input_ids", "labels", *(["image"] if FORMATS[fmt].images else [])])
     return out, {
@@ -239,7 +261,7 @@ def _image_rows(recipe: Recipe, src: DataSource, tokenizer) -> ImageRows:
         image_dir,
         recipe.data.allow_images_outside,
         begin_token_id(tokenizer),
-        recipe.multimodal.caption_prompt,
+        recipe.multimodal.caption_prompt if recipe.multimodal else "",
     )
 
 

@@ -203,24 +203,7 @@ class RowTokenizer:
         calls = any("tool_calls" in m for m in messages)
         if tools or calls:
             check_renders_tools(self.tokenizer, self.template, calls, bool(tools))
-        render = lambda part, generation_prompt: render_chat(
-            self.tokenizer, self.template, part, generation_prompt, tools=tools
-        )
-        full = render(messages, False)
-        row_spans = []
-        for i, message in enumerate(messages):
-            if message["role"] != "assistant":
-                continue
-            start = render(messages[:i], True) if i else ""
-            end = render(messages[: i + 1], False)
-            if not (full.startswith(end) and end.startswith(start)):
-                raise BadRow(
-                    "messages",
-                    "the chat template renders a conversation prefix differently from the whole conversation, so "
-                    "the answer tokens cannot be located; set data.template (e.g. chatml) or data.train_on: all",
-                )
-            row_spans.append((len(start), len(end)))
-        return full, row_spans
+        return render_with_spans(self.tokenizer, self.template, messages, tools)
 
     def _begin(self, ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
         """Image rows: text after the image starts with a begin token, so generation always has one to start from
@@ -239,3 +222,27 @@ class RowTokenizer:
         if all(lab == IGNORE for lab in labels[1:]):
             return [([], [], DROPPED_NO_LABELS, raw)]
         return [(ids, labels, status, raw)]
+
+
+def render_with_spans(tokenizer, template: str, messages: list[dict], tools: list | None = None):
+    """(the conversation rendered by the template, the character spans of its assistant answers). An answer's span
+    is what rendering its conversation prefix adds after the generation prompt, so it includes the template's
+    end-of-turn marker; this works for any template that renders a prefix as the start of the whole."""
+    render = lambda part, generation_prompt: render_chat(
+        tokenizer, template, part, generation_prompt, tools=tools
+    )
+    full = render(messages, False)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        start = render(messages[:i], True) if i else ""
+        end = render(messages[: i + 1], False)
+        if not (full.startswith(end) and end.startswith(start)):
+            raise BadRow(
+                "messages",
+                "the chat template renders a conversation prefix differently from the whole conversation, so "
+                "the answer tokens cannot be located; set data.template (e.g. chatml) or data.train_on: all",
+            )
+        spans.append((len(start), len(end)))
+    return full, spans

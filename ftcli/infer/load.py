@@ -36,3 +36,16 @@ def load_for_inference(recipe: Recipe):
     model.eval()
     inference_config(model)
     return model, tokenizer
+
+
+def load_vlm_for_inference(recipe: Recipe):
+    """(model, processor, chat template) of a vision-language run (task: vlm): the run dir's processor (with the
+    template it trained with) wins over the base's."""
+    from ftcli.data.templates import resolve_template
+    from ftcli.models.load import load_processor
+
+    adapter = recipe.model.adapter
+    own = adapter and (Path(adapter) / "tokenizer_config.json").exists()
+    processor = load_processor(recipe.model, source=adapter if own else None)
+    model, _ = load_for_inference(recipe)
+    return model, processor, resolve_template(recipe.data.template, processor)

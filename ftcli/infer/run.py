@@ -31,7 +31,7 @@ def run_infer(
     mode = spec.mode  # resolved and checked against the task's infer modes when the recipe loaded
     if chat and mode != "generate":
         raise UserError(f"--chat generates; a {recipe.task} model does {mode} here")
-    if TASKS[recipe.task].head == "git":
+    if TASKS[recipe.task].head in ("git", "vlm"):
         return _describe(recipe, prompts, input_path, images or [], style, chat, mode, emit)
     if images:
         raise UserError(f"--image: this is a {recipe.task} model; images go to caption runs (task: caption)")
@@ -107,13 +107,28 @@ def one_line(text: str) -> str:
 
 
 def _describe(recipe: Recipe, prompts, input_path, images, style, chat, mode, emit) -> int:
+    """Vision-language runs: a GIT caption run, or a pretrained VLM's (task: vlm)."""
+    if chat or mode != "generate":
+        raise UserError(
+            f"a {recipe.task} model generates from images: --chat and --mode score/perplexity do not apply"
+        )
+    if TASKS[recipe.task].head == "vlm":
+        from ftcli.infer.load import load_vlm_for_inference
+        from ftcli.infer.vision import answer
+
+        items = read_inputs(prompts or recipe.infer.prompts, input_path or recipe.infer.input, images)
+        if not items:
+            raise UserError(
+                "nothing to do: give --image PATH (with --prompt for a question), or --input FILE of rows "
+                "with an 'image' field"
+            )
+        model, processor, template = load_vlm_for_inference(recipe)
+        results = answer(model, processor, items, recipe.infer, template)
+        total = len(items) * recipe.infer.num_return_sequences
+        return _emit_all(results, lambda r: r["output"], style, emit, False, total)
     from ftcli.infer.describe import describe
     from ftcli.models.multimodal import load_git_for_inference
 
-    if chat or mode != "generate":
-        raise UserError(
-            "a caption model generates from images: --chat and --mode score/perplexity do not apply"
-        )
     items = read_inputs(prompts or recipe.infer.prompts, input_path or recipe.infer.input, images)
     if not items:
         raise UserError(

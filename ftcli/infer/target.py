@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ftcli.errors import UserError
+from ftcli.models.compat import local_config
 from ftcli.models.locate import check_source
 from ftcli.recipe import load_recipe
 from ftcli.recipe.catalog import find_recipe
@@ -98,22 +99,23 @@ def _check_finished(run: Path, target: str) -> None:
 
 def _model_only(name: str, overrides: list[str]) -> Recipe:
     """A bare model has no recipe: its own chat template, no data section to measure perplexity on."""
-    import json
     import tempfile
 
     import yaml
 
-    task = "sft"
-    config = Path(name) / "config.json"
-    if config.exists() and any(
-        "SequenceClassification" in a for a in json.loads(config.read_text()).get("architectures", [])
-    ):
-        task = "reward"
+    task, fmt = "sft", "chat"
+    found = local_config(name)
+    if any("SequenceClassification" in a for a in found.get("architectures", [])):
+        task, fmt = "reward", "preference"
+    elif (
+        "vision_config" in found
+    ):  # a vision-language model (a merged or exported vlm run, LLaVA, Qwen2-VL, ...)
+        task, fmt = "vlm", "image_chat"
     body = {
         "description": f"inference on {name}",
         "task": task,
         "model": {"name": name},
-        "data": {"format": "preference" if task == "reward" else "chat", "sources": [NO_DATA]},
+        "data": {"format": fmt, "sources": [NO_DATA]},
     }
     with tempfile.TemporaryDirectory() as tmp:
         recipe_file = Path(tmp) / "model.yaml"

@@ -16,12 +16,23 @@ from pathlib import Path
 from ftcli.paths import cache_dir, cache_root
 
 # Bump when a builtin's weights, config or tokenizer change, so old caches are not reused.
-BUILTIN_VERSION = 5
+BUILTIN_VERSION = 6
 PAD, EOS, IM_START, IM_END = "<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
     "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+IMAGE = "<image>"  # where a LLaVA prompt's image goes (the processor expands it into the image's tokens)
+# ChatML whose message content may also be a list of {"type": "image"} / {"type": "text", "text"} items, as
+# vision-language processors pass it.
+CHATML_VISION_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}{{ '<image>' }}{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{{ '<|im_end|>' + '\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
@@ -122,8 +133,37 @@ BUILTINS: dict[str, tuple[str, dict, str]] = {
         ),
         "CLIP ViT vision encoder, 32x32 images in 16 patches, ~81K parameters (multimodal.vision_model)",
     ),
+    "tiny-llava": (
+        "llava",
+        dict(
+            vision_config=dict(
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                image_size=32,
+                patch_size=8,
+            ),
+            text_config=dict(
+                hidden_size=128,
+                intermediate_size=256,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=4096,
+                rms_norm_eps=1e-5,
+                tie_word_embeddings=False,
+                initializer_range=0.1,
+            ),
+            vision_feature_select_strategy="default",  # the 16 patch features, CLS dropped, as LLaVA-1.5
+            vision_feature_layer=-1,
+            projector_hidden_act="gelu",
+        ),
+        "LLaVA architecture (CLIP ViT 32x32 -> MLP projector -> LLaMA), ~470K parameters, for task: vlm",
+    ),
 }
 VISION = {"clip_vision_model"}
+VISION_LANGUAGE = {"llava"}
 
 
 def is_builtin(name: str) -> bool:
@@ -192,6 +232,8 @@ def _materialize(short: str, out: Path) -> None:
             size={"shortest_edge": size}, crop_size={"height": size, "width": size}
         ).save_pretrained(out)
         return
+    if arch in VISION_LANGUAGE:
+        return _materialize_llava(kwargs, out)
     tokenizer = build_byte_tokenizer()
     ids = tokenizer.convert_tokens_to_ids
     config = AutoConfig.for_model(
@@ -213,6 +255,55 @@ def _materialize(short: str, out: Path) -> None:
     loadable_tokenizer_config(
         out / "tokenizer_config.json"
     )  # a base like any other: transformers 4.x loads it
+    loadable_model_config(out / "config.json")
+
+
+def _materialize_llava(kwargs: dict, out: Path) -> None:
+    """A LLaVA model and its processor (CLIP's Pillow image processor, the byte tokenizer with an <image> token,
+    a ChatML template that places images), saved as llava-hf's checkpoints are."""
+    import torch
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        GenerationConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    tokenizer = build_byte_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": [IM_START, IM_END, IMAGE]})
+    tokenizer.chat_template = CHATML_VISION_TEMPLATE
+    ids = tokenizer.convert_tokens_to_ids
+    vision = CLIPVisionConfig(**kwargs["vision_config"])
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=None,
+        eos_token_id=ids(EOS),
+        pad_token_id=ids(PAD),
+        **kwargs["text_config"],
+    )
+    rest = {k: v for k, v in kwargs.items() if k not in ("vision_config", "text_config")}
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=ids(IMAGE), **rest)
+    with _seeded(torch):
+        model = LlavaForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(eos_token_id=[ids(EOS), ids(IM_END)], pad_token_id=ids(PAD))
+    model.save_pretrained(out)
+    size = vision.image_size
+    LlavaProcessor(
+        image_processor=CLIPImageProcessorPil(
+            size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+        ),
+        tokenizer=tokenizer,
+        patch_size=vision.patch_size,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        num_additional_image_tokens=1,  # CLIP's CLS, which the "default" strategy drops again
+        chat_template=CHATML_VISION_TEMPLATE,
+    ).save_pretrained(out)
+    from ftcli.models.loadable import loadable_model_config, loadable_tokenizer_config
+
+    loadable_tokenizer_config(out / "tokenizer_config.json")
     loadable_model_config(out / "config.json")
 
 

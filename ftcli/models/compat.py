@@ -16,25 +16,36 @@ from ftcli.recipe.schema import Recipe
 NO_KV_CACHE = {"mamba", "mamba2", "falcon_mamba", "rwkv", "xlstm", "recurrent_gemma"}
 
 
-def local_model_type(name: str, revision: str | None = None) -> str | None:
-    """The config's model_type when it can be read without a download (builtin, local dir, hub cache)."""
+def local_config(name: str, revision: str | None = None) -> dict:
+    """The model's config.json when it can be read without a download (builtin, local dir, hub cache), else {}."""
     if is_builtin(name):
-        return BUILTINS.get(name.removeprefix("builtin:"), (None,))[0]
-    config = Path(name) / "config.json"
+        from ftcli.models.builtin import builtin_path
+
+        config = builtin_path(name) / "config.json"
+    else:
+        config = Path(name) / "config.json"
     if not config.is_file():
         try:
             from huggingface_hub import try_to_load_from_cache
 
             cached = try_to_load_from_cache(name, "config.json", revision=revision)
         except Exception:  # not a repo id at all: the loader reports that with the right key later
-            return None
+            return {}
         if not isinstance(cached, str):
-            return None
+            return {}
         config = Path(cached)
     try:
-        return json.loads(config.read_text()).get("model_type")
+        found = json.loads(config.read_text())
     except (OSError, ValueError):
-        return None
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def local_model_type(name: str, revision: str | None = None) -> str | None:
+    """The config's model_type when it can be read without a download (builtin, local dir, hub cache)."""
+    if is_builtin(name):
+        return BUILTINS.get(name.removeprefix("builtin:"), (None,))[0]
+    return local_config(name, revision).get("model_type")
 
 
 def check_method_fits_model(recipe: Recipe) -> None:

@@ -64,7 +64,6 @@ MODEL_ENTRIES = (
     "chat_template.jinja",
     "chat_template.json",
     "README.md",
-    "preprocessor_config.json",
     FINAL_STAGING,
     *TOKENIZER_FILES,
 )

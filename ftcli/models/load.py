@@ -32,6 +32,26 @@ def model_source(spec: ModelSpec) -> str:
     return spec.name
 
 
+def load_processor(spec: ModelSpec, source: str | None = None):
+    """A vision-language model's processor (its tokenizer, image processor and chat template), or the one saved at
+    `source`. Pillow image processors on purpose: they need no torchvision."""
+    from transformers import AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(
+            source or model_source(spec),
+            revision=spec.revision,
+            trust_remote_code=spec.trust_remote_code,
+            backend="pil",
+        )
+    except (OSError, ValueError) as exc:
+        raise _load_error(spec, exc) from None
+    tokenizer = processor.tokenizer
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return processor
+
+
 def load_tokenizer(spec: ModelSpec, source: str | None = None):
     """The model's tokenizer, or the one saved at `source` (a run dir keeps the tokenizer it trained with)."""
     from transformers import AutoTokenizer
@@ -58,15 +78,34 @@ def quantization_config(recipe: Recipe):
 
     from ftcli.models.hardware import compute_dtype
 
+    # A vision-language model quantizes its language model only: the vision tower and projector stay as they are
+    skip = {"llm_int8_skip_modules": VISION_PARTS} if TASKS[recipe.task].head == "vlm" else {}
     if method.bits == 8:
-        return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(load_in_8bit=True, **skip)
     dtype = compute_dtype(recipe) if method.compute_dtype == "auto" else getattr(torch, method.compute_dtype)
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=method.quant_type,
         bnb_4bit_use_double_quant=method.double_quant,
         bnb_4bit_compute_dtype=dtype,
+        **skip,
     )
+
+
+# Module names of vision towers and projectors across transformers' vision-language models (LLaVA, LLaVA-NeXT,
+# Qwen2/2.5-VL, Idefics3, PaliGemma, Gemma 3, Mllama), and the LM head, kept out of quantization (transformers
+# matches each as a regex from the start of a module's full name, up to a name boundary).
+VISION_PARTS = [
+    rf"(.*\.)?{name}"
+    for name in (
+        "vision_tower",
+        "visual",
+        "vision_model",
+        "multi_modal_projector",
+        "mm_projector",
+        "connector",
+    )
+] + ["lm_head"]
 
 
 def load_base_model(recipe: Recipe, device: str | None = None):
@@ -89,8 +128,9 @@ def load_base_model(recipe: Recipe, device: str | None = None):
     )
     if spec.attn_implementation:
         kwargs["attn_implementation"] = spec.attn_implementation
-    auto = transformers.AutoModelForCausalLM
-    score = TASKS[recipe.task].head == "score"
+    head = TASKS[recipe.task].head
+    auto = transformers.AutoModelForImageTextToText if head == "vlm" else transformers.AutoModelForCausalLM
+    score = head == "score"
     if score:  # one score per sequence
         auto, kwargs["num_labels"] = transformers.AutoModelForSequenceClassification, 1
         transformers.set_seed(recipe.training.seed)  # the score head is freshly initialized

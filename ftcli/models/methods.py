@@ -17,7 +17,15 @@ def apply_method(model, recipe: Recipe, tokenizer_source: str | None = None):
 
 
 def apply_full(model, recipe: Recipe, tokenizer_source: str | None = None):
-    select_trainable(model, recipe.method.keys_to_finetune, recipe.method.keys_to_freeze)
+    freeze = list(recipe.method.keys_to_freeze)
+    if TASKS[recipe.task].head == "vlm" and not recipe.method.keys_to_finetune:
+        from ftcli.models.vlm import vision_tower_key
+
+        tower = vision_tower_key(
+            model
+        )  # a pretrained vision tower stays frozen unless keys_to_finetune names it
+        freeze += [tower] if tower else []
+    select_trainable(model, recipe.method.keys_to_finetune, freeze)
     return model
 
 
@@ -123,6 +131,10 @@ def _check_targets(model, targets):
     """Seed 001's BERT q_lin/v_lin failure: catch LoRA targets that name no module before training."""
     if targets == "all-linear":
         return targets
+    if targets == "language-model":
+        from ftcli.models.vlm import language_model_targets
+
+        return language_model_targets(model)
     import torch
 
     linear = sorted(

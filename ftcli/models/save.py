@@ -46,6 +46,8 @@ TOKENIZER_FILES = (
     "merges.txt",
     "chat_template.jinja",
     "chat_template.json",
+    "processor_config.json",  # a vision-language model's processor: its image processor and settings
+    "preprocessor_config.json",
 )
 
 

@@ -136,10 +136,12 @@ class LoraFields(Strict):
     r: int = Field(8, gt=0, le=4096, description="LoRA rank")
     alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
     dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA path")
-    target_modules: Literal["all-linear", "attention"] | list[str] | None = Field(
+    target_modules: Literal["all-linear", "attention", "language-model"] | list[str] | None = Field(
         None,
-        description="module name suffixes to adapt, all-linear (every linear layer but the head) or attention "
-        "(the attention's q/k/v projections); default all-linear, attention for task caption (GIT-LLM's setting)",
+        description="module name suffixes to adapt, all-linear (every linear layer but the head), attention "
+        "(the attention's q/k/v projections) or language-model (every linear layer of a vision-language model's "
+        "language model); default all-linear, attention for task caption (GIT-LLM's setting), language-model for "
+        "task vlm",
     )
     bias: Literal["none", "all", "lora_only"] = "none"
     modules_to_save: list[str] = Field(
@@ -351,6 +353,16 @@ TASKS: dict[str, TaskSpec] = {
             evaluable=False,
             align_keys=("center_rewards_coefficient", "max_prompt_length", "max_completion_length"),
             lr_scale={"full": 1e-5, "lora": 1e-4, "qlora": 1e-4, "prefix": 1e-3, "prompt": 1e-3},
+        ),
+        TaskSpec(
+            "vlm",
+            "train",
+            ("image_chat", "image_instruction", "caption"),
+            "ftcli.tasks.vlm:run",
+            head="vlm",
+            infer_modes=("generate",),
+            evaluable=False,
+            methods=("full", "lora", "qlora"),
         ),
         TaskSpec(
             "caption",

@@ -50,7 +50,7 @@ def _check_formats(recipe, task, formats) -> None:
     for fmt in sorted(formats, key=lambda f: f.name):
         if fmt.name not in task.formats:
             images = [t for t, spec in TASKS.items() if fmt.name in spec.formats]
-            hint = f"; {fmt.name} rows train with task: {images[0]}" if images else ""
+            hint = f"; {fmt.name} rows train with task: {' or '.join(images)}" if images else ""
             raise ValueError(
                 f"data.format: task {task.name} cannot learn from {fmt.name} rows (it takes "
                 f"{', '.join(task.formats)}){hint}"
@@ -267,10 +267,18 @@ def _resolve(recipe, task, method) -> None:
     if "max_prompt_length" in task.align_keys and align.max_prompt_length is None:
         align.max_prompt_length = data.max_length // 2
     if "max_completion_length" in task.align_keys and align.max_completion_length is None:
-        # pairs: what the prompt leaves of max_length; sampled completions: a fixed generation budget
+        # sampled completions (grpo): a fixed generation budget, what the prompt leaves of max_length; pairs: a cap
+        # within what each pair's own prompt leaves
         align.max_completion_length = data.max_length - (align.max_prompt_length if task.prompts else 0)
+        if align.max_completion_length < 1:
+            raise ValueError(
+                f"align.max_prompt_length: {align.max_prompt_length} leaves no room for completions in "
+                f"data.max_length {data.max_length}; lower it or set align.max_completion_length"
+            )
     if method.peft_type == "LORA" and recipe.method.target_modules is None and not recipe.model.adapter:
-        recipe.method.target_modules = "attention" if task.head == "git" else "all-linear"
+        recipe.method.target_modules = {"git": "attention", "vlm": "language-model"}.get(
+            task.head, "all-linear"
+        )
     if recipe.infer.mode is None:
         recipe.infer.mode = task.infer_modes[0]
     elif recipe.infer.mode not in task.infer_modes:

@@ -13,7 +13,7 @@ from ftcli import report
 from ftcli.errors import RecipeError
 from ftcli.recipe.schema import Recipe
 from ftcli.tasks.rewards import build_rewards, check_rewards
-from ftcli.tasks.runner import Setup, quiet_stdout, run_task, train_and_save, training_args
+from ftcli.tasks.runner import Setup, numerics, quiet_stdout, run_task, train_and_save, training_args
 from ftcli.upstream import grpo_loss_types, trainer_class
 
 
@@ -117,7 +117,10 @@ def _train(recipe: Recipe, out: Path, resume: bool, on_done=None) -> dict:
     before = {}
     if setup.has_eval and not resume:  # the starting model on the held-out prompts, sampled the same way
         report.phase("scoring the starting model on the held-out prompts")
-        before = trainer.evaluate()
+        with numerics(
+            setup, trainer.model
+        ):  # as training runs (QLoRA on a CPU: bitsandbytes' layout held off)
+            before = trainer.evaluate()
     summary = train_and_save(trainer, setup, out, resume, callback, on_done)
     final = summary["final_eval"]
     summary.update(

@@ -30,7 +30,8 @@ class Match:
             found = list(self.pattern.finditer(text))
             if found:
                 last = found[-1]
-                text = last.group(1) if self.pattern.groups else last.group(0)
+                group = last.group(1) if self.pattern.groups else None  # (an optional group may be empty)
+                text = group if group is not None else last.group(0)
             elif not reference:  # a completion without the answer format has no answer
                 return None
         return " ".join(text.casefold().split()).strip(" .,;:!?\"'`") if self.normalize else text
@@ -169,10 +170,18 @@ def build_rewards(recipe: Recipe, device: str) -> tuple[list, list[float]]:
 
 
 def _named(function, name: str):
-    """TRL names a function's metrics by its __name__."""
+    """TRL names a function's metrics by its __name__ (and awaits an async one: the wrapper stays async)."""
+    import inspect
 
-    def reward(*args, **kwargs):
-        return function(*args, **kwargs)
+    if inspect.iscoroutinefunction(function):
+
+        async def reward(*args, **kwargs):
+            return await function(*args, **kwargs)
+
+    else:
+
+        def reward(*args, **kwargs):
+            return function(*args, **kwargs)
 
     reward.__name__ = name
     return reward

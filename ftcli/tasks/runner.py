@@ -91,11 +91,13 @@ class Setup:
         check_hardware(recipe)
         self.recipe = recipe
         self.device = device_of(recipe)
-        self.tokenizer = load_tokenizer(recipe.model)
+        self.processor, self.tokenizer = self.load_processing()
         with _main_process_first(
             recipe
         ):  # workers: the main one tokenizes into the cache, the others then read it
-            self.data: PreparedData = prepare_data(recipe, self.tokenizer, log=report.phase)
+            self.data: PreparedData = prepare_data(
+                recipe, self.tokenizer, log=report.phase, processor=self.processor
+            )
         report.print_prepare_stats(self.data.stats, self.data.cache_dir, self.data.cache_hit)
         import transformers
 
@@ -115,6 +117,11 @@ class Setup:
         self.learning_rate = (
             recipe.training.learning_rate
         )  # resolved from task and method when the recipe loaded
+
+    def load_processing(self):
+        """(processor, tokenizer): a vision-language model's processor, None for a text model, and the
+        tokenizer."""
+        return None, load_tokenizer(self.recipe.model)
 
     def build_model(self, tokens_per_step: int):
         """The base model with the recipe's method applied; sets the gradient checkpointing choice."""
@@ -234,7 +241,7 @@ def train_and_save(trainer, setup: Setup, out: Path, resume: bool, callback, on_
         clear_staging(out)
     _print_plan(setup, trainer)
     checkpoint = newest_checkpoint(out, report=report.phase) if resume else None
-    with _numerics(setup, trainer.model):
+    with numerics(setup, trainer.model):
         start = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         train_seconds = time.perf_counter() - start
@@ -338,7 +345,7 @@ def _checkpointing_args(config_cls, enabled: bool) -> dict:
     }
 
 
-def _numerics(setup: Setup, model):
+def numerics(setup: Setup, model):
     """What the training loop runs under besides autocast. On a CPU, bitsandbytes' inference-only 4-bit layout is
     held off (see models/bnb_cpu.py). Under 16-bit autocast peft would cast each LoRA layer's input to its fp32
     weights (a full-size copy per adapted layer, saved for backward, that autocast casts right back): the input
