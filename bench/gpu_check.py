@@ -686,7 +686,7 @@ class Check:
         self.stage("infer", self.results["infer"])
 
     def tasks(self) -> None:
-        """GRPO (with and without vLLM) and VLM LoRA/QLoRA, each one `ftcli` command, its summary kept."""
+        """GRPO (with and without vLLM), VLM LoRA/QLoRA and VLM DPO, each one `ftcli` command, its summary kept."""
         device = "cpu" if self.args.smoke else "cuda"
         steps = 4 if self.args.smoke else 30
         grpo = [
@@ -709,11 +709,17 @@ class Check:
             "grpo-generate": grpo + ["align.use_vllm=false"],
             "vlm-lora": vlm,
             "vlm-qlora": vlm + ["method.type=qlora"],
+            "vlm-dpo-lora": [
+                "align",
+                str(ROOT / "recipes/smoke/vlm-dpo-lora.yaml"),
+                f"training.max_steps={steps * 4}",
+                f"launch.device={device}",
+            ],
         }
         if _has_module("vllm") and not self.args.smoke:
             runs["grpo-vllm"] = grpo + ["align.use_vllm=true"]
         keep = ("status", "steps", "train_seconds", "step_time_s", "peak_memory_bytes", "device", "precision")
-        keep += ("eval_reward_before", "eval_reward", "final_eval_loss", "images_per_s", "tokens_per_s")
+        keep += ("eval_reward_before", "eval_reward", "final_eval_loss", "eval_accuracy", "tokens_per_s")
         for name, argv in runs.items():
             limit = min(240, self.left())
             if limit < 30:
@@ -881,7 +887,9 @@ def markdown(results: dict) -> str:
             outcome = (
                 f"held-out reward {r.get('eval_reward_before')} -> {r.get('eval_reward')}"
                 if "eval_reward" in r
-                else f"eval loss {r.get('final_eval_loss')}"
+                else f"held-out preference accuracy {r.get('eval_accuracy')}"
+                if "eval_accuracy" in r
+                else f"eval loss {r.get('final_eval_loss'):.4f}"
                 if r.get("final_eval_loss") is not None
                 else str(r.get("error", ""))[-120:]
             )

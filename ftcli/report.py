@@ -246,8 +246,9 @@ def make_callback(run_dir: Path, collator=None):
             info = []
             if "loss" in self.last:
                 info.append(f"loss {self.last['loss']:.4f}")
-            if "reward" in self.last:  # online RL: what it learns to raise
-                info.append(f"reward {self.last['reward']:.4f}")
+            if "reward" in self.last:  # online RL: what it learns to raise, and its spread over the samples
+                spread = f" ± {self.last['reward_std']:.4f}" if "reward_std" in self.last else ""
+                info.append(f"reward {self.last['reward']:.4f}{spread}")
             if "learning_rate" in self.last:
                 info.append(f"lr {self.last['learning_rate']:.2e}")
             elapsed = (

@@ -2,7 +2,8 @@
 held-out images; rows are laid out by the model's own processor with labels on the answers only (several images
 per row, LLaVA conversations, instructions); the run dir, its merge and its export load in plain
 transformers/peft with the same logits; QLoRA quantizes the language model only; full fine-tuning freezes the
-vision tower unless told otherwise."""
+vision tower unless told otherwise. task: vlm_dpo — DPO on preference pairs about images: the saved adapter,
+loaded in plain transformers/peft, prefers the right colour of held-out images over the base model."""
 
 import json
 import subprocess
@@ -257,3 +258,143 @@ def test_the_collator_adds_the_modality_ids_a_processor_returns():
     )
     assert batch["mm_token_type_ids"].tolist() == [[0, 1, 1, 0], [1, 0, 0, 0]]
     assert batch["image_grid_thw"].shape == (2, 3) and batch["pixel_values"].shape[0] == 2
+
+
+# --- task: vlm_dpo -------------------------------------------------------------------------------------------
+
+PAIRS_EVAL = [json.loads(line) for line in (SHAPES / "preferences_eval.jsonl").read_text().splitlines()]
+
+
+def answer_logprob(model, processor, pair: dict, side: str) -> float:
+    """log p(answer | image, question) under a plain transformers model, the prompt laid out by its processor."""
+    from PIL import Image
+
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": pair["prompt"]}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    full = processor.apply_chat_template(
+        messages + [{"role": "assistant", "content": [{"type": "text", "text": pair[side]}]}]
+    )
+    image = Image.open(SHAPES / pair["image"]).convert("RGB")
+    n = processor(text=[prompt], images=[image], return_tensors="pt")["input_ids"].shape[1]
+    inputs = processor(text=[full], images=[image], return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**inputs).logits[0, n - 1 : -1].float()
+    answer = inputs["input_ids"][0, n:]
+    return logits.log_softmax(-1).gather(-1, answer[:, None]).sum().item()
+
+
+def test_dpo_on_image_pairs_makes_the_saved_adapter_prefer_the_right_colour_of_held_out_images(tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from ftcli.tasks import dpo
+
+    out = tmp_path / "run"
+    summary = dpo.run(load_recipe(SMOKE / "vlm-dpo-lora.yaml", [f"output.dir={out}"]))
+    assert summary["status"] == "completed" and summary["final_loss"] < 0.5 * summary["first_loss"]
+    assert summary["eval_accuracy"] >= 0.8 and summary["eval_margin"] > 0
+    processor = AutoProcessor.from_pretrained(out)  # the run dir carries the processor
+    base = AutoModelForImageTextToText.from_pretrained(builtin_path("builtin:tiny-llava")).eval()
+    margins = {
+        "base": [
+            answer_logprob(base, processor, p, "chosen") - answer_logprob(base, processor, p, "rejected")
+            for p in PAIRS_EVAL
+        ]
+    }
+    tuned = PeftModel.from_pretrained(base, out).eval()
+    margins["tuned"] = [
+        answer_logprob(tuned, processor, p, "chosen") - answer_logprob(tuned, processor, p, "rejected")
+        for p in PAIRS_EVAL
+    ]
+    implicit = [t - b for t, b in zip(margins["tuned"], margins["base"])]  # DPO's implicit reward margin
+    assert sum(m > 0 for m in implicit) >= 0.8 * len(PAIRS_EVAL), implicit
+    assert sum(m > 0 for m in margins["tuned"]) >= 0.8 * len(PAIRS_EVAL), margins["tuned"]
+    code, stdout, err = run_cli(
+        "infer", out, "--image", SHAPES / PAIRS_EVAL[0]["image"], "-p", "What colour is the shape?"
+    )
+    assert code == 0 and len(stdout.splitlines()) == 1, err
+
+
+def pairs_for(max_prompt_length=64):
+    from ftcli.data.vision import VisionPairs
+    from ftcli.models.load import load_processor
+
+    processor = load_processor(load_recipe(SMOKE / "vlm-dpo-lora.yaml").model)
+    images = ImageRows(str(SHAPES), False, 0, "")
+    return processor, VisionPairs(
+        processor.tokenizer,
+        {},
+        processor.chat_template,
+        80,
+        max_prompt_length,
+        "truncate",
+        80,
+        "image_preference",
+        processor=processor,
+        images=images,
+    )
+
+
+def test_image_pairs_put_the_image_tokens_in_the_prompt_and_never_cut_them():
+    processor, pairs = pairs_for()
+    row = {"image": "images/train-000.png", "prompt": "What colour?", "chosen": "red", "rejected": "blue"}
+    out = pairs({k: [v] for k, v in row.items()})
+    image = image_token_id(processor)
+    assert out["status"] == ["ok"] and out["images"] == [[str(SHAPES / "images/train-000.png")]]
+    prompt = processor.tokenizer.decode(out["prompt_ids"][0])
+    assert out["prompt_ids"][0].count(image) == 16 and prompt.index("<image>") < prompt.index("What colour?")
+    assert prompt.endswith("<|im_start|>assistant\n")  # the generation prompt, as infer lays it out
+    decode = processor.tokenizer.decode
+    assert (decode(out["chosen_ids"][0]), decode(out["rejected_ids"][0])) == (
+        "red<|im_end|>\n",
+        "blue<|im_end|>\n",
+    )
+    _, short = pairs_for(max_prompt_length=20)  # the image's 16 tokens and the template do not fit
+    assert short({k: [v] for k, v in row.items()})["status"] == ["dropped:overlong"]
+    marked = pairs({k: [v] for k, v in {**row, "prompt": "<image> and <image>"}.items()})
+    assert marked["status"] == ["bad"] and "2 <image> marks in the text for 1 images" in marked["error"][0]
+
+
+def test_the_pair_collator_lays_out_chosen_then_rejected_with_each_pairs_images_twice():
+    from ftcli.data.collate import VisionPairCollator
+
+    class Processor:  # a Qwen2.5-VL-like processor: M-RoPE positions read mm_token_type_ids
+        return_mm_token_type_ids = True
+        model_input_names = ["input_ids", "attention_mask", "pixel_values", "mm_token_type_ids"]
+
+        def image_processor(self, images, return_tensors):
+            return {
+                "pixel_values": torch.stack([torch.full((3, 4, 4), float(i)) for i in range(len(images))])
+            }
+
+        def create_mm_token_type_ids(self, input_ids):
+            return [[int(t == 9) for t in row] for row in input_ids]
+
+    a, b = (str(SHAPES / r["image"]) for r in PAIRS_EVAL[:2])
+    batch = VisionPairCollator(0, processor=Processor())(
+        [
+            {"prompt_ids": [5, 9, 9], "chosen_ids": [6, 2], "rejected_ids": [7, 7, 2], "images": [a]},
+            {"prompt_ids": [9, 5], "chosen_ids": [6, 2], "rejected_ids": [7, 2], "images": [b]},
+        ]
+    )
+    assert batch["input_ids"].tolist() == [
+        [5, 9, 9, 6, 2, 0],
+        [9, 5, 6, 2, 0, 0],
+        [5, 9, 9, 7, 7, 2],
+        [9, 5, 7, 2, 0, 0],
+    ]
+    assert batch["completion_mask"].tolist() == [
+        [0, 0, 0, 1, 1, 0],
+        [0, 0, 1, 1, 0, 0],
+        [0, 0, 0, 1, 1, 1],
+        [0, 0, 1, 1, 0, 0],
+    ]
+    assert batch["attention_mask"].sum(1).tolist() == [5, 4, 6, 4]
+    assert batch["mm_token_type_ids"][:, :3].tolist() == [[0, 1, 1], [1, 0, 0], [0, 1, 1], [1, 0, 0]]
+    assert len(batch["pixel_values"]) == 4  # row order: a, b (chosen), a, b (rejected)
+
+
+def test_vlm_dpo_refuses_keys_it_would_not_read(capsys):
+    code = call_main("validate", SMOKE / "vlm-dpo-lora.yaml", "align.precompute_ref_log_probs=true")
+    err = capsys.readouterr().err
+    assert code == 2 and "align.precompute_ref_log_probs" in err and "vlm_dpo" in err, err

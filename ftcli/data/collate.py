@@ -1,5 +1,5 @@
-"""Batch collators: packed rows (position_ids, no attention mask), padded rows (attention mask), and padded
-image rows (plus pixel_values)."""
+"""Batch collators: packed rows (position_ids, no attention mask), padded rows (attention mask), padded image
+rows (plus pixel_values), and image preference pairs."""
 
 from __future__ import annotations
 
@@ -51,12 +51,9 @@ class PaddedCollator(_RightPadding):
     """Unpacked rows, with the padding masked out."""
 
     def __call__(self, examples: list[dict]) -> dict:
-        import torch
 
         input_ids, labels, width = self._pad(examples)
-        lengths = torch.tensor([len(e["input_ids"]) for e in examples])
-        attention_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": _mask(examples, width)}
 
 
 @dataclass
@@ -67,13 +64,11 @@ class ImageCollator(_RightPadding):
     image_processor: object = None
 
     def __call__(self, examples: list[dict]) -> dict:
-        import torch
 
         from ftcli.data.images import load_rgb
 
         input_ids, labels, width = self._pad(examples)
-        lengths = torch.tensor([len(e["input_ids"]) for e in examples])
-        attention_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
+        attention_mask = _mask(examples, width)
         images = [load_rgb(e["image"]) for e in examples]
         pixel_values = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
         return {
@@ -86,26 +81,62 @@ class ImageCollator(_RightPadding):
 
 @dataclass
 class VisionCollator(_RightPadding):
-    """Image conversations (task: vlm): padded text plus what the model's processor makes of the batch's images,
-    in row order (pixel_values, and image_grid_thw or image_sizes where the model takes them), and the per-token
-    modality ids of processors that return them (Qwen2/2.5-VL's M-RoPE positions read them; Gemma 3 calls them
-    token_type_ids), exactly as the processor gives them at inference."""
+    """Image conversations (task: vlm): padded text plus what the model's processor makes of the batch's images
+    (`_image_inputs`)."""
 
     processor: object = None
 
     def __call__(self, examples: list[dict]) -> dict:
-        import torch
-
-        from ftcli.data.images import load_rgb
-
         input_ids, labels, width = self._pad(examples)
-        lengths = torch.tensor([len(e["input_ids"]) for e in examples])
-        attention_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
-        images = [load_rgb(path) for e in examples for path in e["images"]]
-        batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
-        batch.update(self.processor.image_processor(images=images, return_tensors="pt"))
-        if getattr(self.processor, "return_mm_token_type_ids", False):
-            kinds = torch.tensor(self.processor.create_mm_token_type_ids(input_ids.tolist()))
-            names = self.processor.model_input_names
-            batch["token_type_ids" if "token_type_ids" in names else "mm_token_type_ids"] = kinds
+        batch = {"input_ids": input_ids, "labels": labels, "attention_mask": _mask(examples, width)}
+        batch.update(_image_inputs(self.processor, [p for e in examples for p in e["images"]], input_ids))
         return batch
+
+
+@dataclass
+class VisionPairCollator(_RightPadding):
+    """Preference pairs about images (task vlm_dpo), in the layout TRL's DPOTrainer scores: every prompt + chosen
+    row, then every prompt + rejected row, with a completion_mask on the answers; each pair's images twice, in
+    that order."""
+
+    processor: object = None
+
+    def __call__(self, examples: list[dict]) -> dict:
+        rows = [
+            {"input_ids": e["prompt_ids"] + e[side], "labels": [IGNORE] * len(e["prompt_ids"]) + e[side]}
+            for side in ("chosen_ids", "rejected_ids")
+            for e in examples
+        ]
+        input_ids, labels, width = self._pad(rows)
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": _mask(rows, width),
+            "completion_mask": (labels != IGNORE).long(),
+        }
+        batch.update(_image_inputs(self.processor, [p for e in examples for p in e["images"]] * 2, input_ids))
+        return batch
+
+
+def _mask(examples: list[dict], width: int):
+    import torch
+
+    lengths = torch.tensor([len(e["input_ids"]) for e in examples])
+    return (torch.arange(width)[None, :] < lengths[:, None]).long()
+
+
+def _image_inputs(processor, paths: list[str], input_ids) -> dict:
+    """What the model's processor makes of the images, in row order (pixel_values, and image_grid_thw or
+    image_sizes where the model takes them), and the per-token modality ids of processors that return them
+    (Qwen2/2.5-VL's M-RoPE positions read them; Gemma 3 calls them token_type_ids), exactly as the processor
+    gives them at inference."""
+    import torch
+
+    from ftcli.data.images import load_rgb
+
+    out = dict(processor.image_processor(images=[load_rgb(p) for p in paths], return_tensors="pt"))
+    if getattr(processor, "return_mm_token_type_ids", False):
+        kinds = torch.tensor(processor.create_mm_token_type_ids(input_ids.tolist()))
+        out["token_type_ids" if "token_type_ids" in processor.model_input_names else "mm_token_type_ids"] = (
+            kinds
+        )
+    return out

@@ -4,7 +4,7 @@ Each format's spec (recipe/registry.py) names its row function here. Canonical r
 instruction -> {"messages": [{"role", "content"[, "tool_calls"]}, ...][, "tools"]};
 completion -> {"prompt", "completion"}; preference -> {"prompt", "chosen", "rejected", "margin"}, where each side is
 a string or a message list (see `_preference`). Image formats add {"image", "image_column"} to a completion
-(caption) or messages (image_instruction, image_chat) row.
+(caption), messages (image_instruction, image_chat) or preference (image_preference) row.
 A malformed row raises BadRow naming the dataset field, so the caller can report file and row.
 """
 
@@ -76,6 +76,12 @@ def chat_row(row: dict, columns: dict) -> dict:
 
 def preference_row(row: dict, columns: dict) -> dict:
     return _preference(row, _columns(columns))
+
+
+def image_preference_row(row: dict, columns: dict) -> dict:
+    """A preference pair about an image (RLAIF-V, VLFeedback style): image, prompt (question), chosen, rejected."""
+    col = _columns(columns)
+    return {**_image(row, col), **_preference(row, col)}
 
 
 def _image(row: dict, col) -> dict:

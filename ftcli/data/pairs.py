@@ -30,22 +30,25 @@ class PairTokenizer:
     overlong: str  # truncate | drop
     max_completion_length: int | None = None
 
+    fmt: str = "preference"
+    OUTPUT = PAIR_COLUMNS  # the columns a row becomes (image pairs add their image paths)
+
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         names = list(batch)
         out: dict[str, list] = {
-            k: [] for k in (*PAIR_COLUMNS, "margin", "status", "raw_length", "__row", "error")
+            k: [] for k in (*self.OUTPUT, "margin", "status", "raw_length", "__row", "error")
         }
         for values in zip(*batch.values()):
             row = dict(zip(names, values))
             try:
-                pair = canonical_row("preference", row, self.columns)
-                prompt, chosen, rejected, status, raw = self._encode(pair)
+                pair = canonical_row(self.fmt, row, self.columns)
+                encoded, status, raw = self._encode(pair)
                 margin, error = pair["margin"], None
             except BadRow as bad:
-                prompt, chosen, rejected, status, raw, margin = [], [], [], BAD, 0, None
+                encoded, status, raw, margin = {}, BAD, 0, None
                 error = f"field '{bad.field}': {bad.message}"
-            for key, value in zip(PAIR_COLUMNS, (prompt, chosen, rejected)):
-                out[key].append(value)
+            for key in self.OUTPUT:
+                out[key].append(encoded.get(key, []) if status in (OK, TRUNCATED) else [])
             out["margin"].append(None if margin is None else float(margin))
             out["status"].append(status)
             out["raw_length"].append(raw)
@@ -60,7 +63,8 @@ class PairTokenizer:
         )
         prompt = _capped(pair["prompt"], prompt_cap, keep_end=True)
         chosen, rejected = (_capped(pair[side], answer_cap) for side in ("chosen", "rejected"))
-        return self._fit(*self.encode(prompt, [chosen, rejected]))
+        *ids, status, raw = self._fit(*self.encode(prompt, [chosen, rejected]))
+        return dict(zip(PAIR_COLUMNS, ids)), status, raw
 
     def encode(self, prompt, answers: list) -> list[list[int]]:
         """[prompt_ids, answer_ids...] for a prompt (text or messages) and answers (text or assistant messages),
@@ -72,29 +76,40 @@ class PairTokenizer:
                 "chosen", "conversational pairs need a chat template; set data.template (e.g. chatml)"
             )
         if self.template is not None:
-            as_list = lambda side, role: side if isinstance(side, list) else [{"role": role, "content": side}]
-            messages = as_list(prompt, "user")
-            prompt_text = self._apply(messages, True)
-            texts = []
-            for name, answer in zip(("chosen", "rejected", "response"), answers):
-                full = self._apply(messages + as_list(answer, "assistant"), False)
-                if not full.startswith(prompt_text):
-                    raise BadRow(
-                        name,
-                        "the chat template renders the prompt differently inside the conversation; "
-                        "set data.template (e.g. chatml)",
-                    )
-                texts.append(full[len(prompt_text) :])
+            prompt_text, texts = self.render(prompt, answers)
             prompt_ids = tok(prompt_text, add_special_tokens=False)["input_ids"]
         else:
             prompt_ids, texts = tok(prompt)["input_ids"], list(answers)
+        return [prompt_ids, *self.answer_ids(texts)]
+
+    def render(self, prompt, answers: list) -> tuple[str, list[str]]:
+        """The templated prompt (with the generation prompt), and each answer as the text the conversation adds
+        after it. A message's content may be a list of content items (an image pair's prompt)."""
+        as_list = lambda side, role: side if isinstance(side, list) else [{"role": role, "content": side}]
+        messages = as_list(prompt, "user")
+        prompt_text = self._apply(messages, True)
+        texts = []
+        for name, answer in zip(("chosen", "rejected", "response"), answers):
+            full = self._apply(messages + as_list(answer, "assistant"), False)
+            if not full.startswith(prompt_text):
+                raise BadRow(
+                    name,
+                    "the chat template renders the prompt differently inside the conversation; "
+                    "set data.template (e.g. chatml)",
+                )
+            texts.append(full[len(prompt_text) :])
+        return prompt_text, texts
+
+    def answer_ids(self, texts: list[str]) -> list[list[int]]:
+        """Each answer's tokens, ending in a stop the model must learn."""
+        tok = self.tokenizer
         special = set(tok.all_special_ids)
         completions = []
         for ids in tok(texts, add_special_tokens=False)["input_ids"]:
             if not any(t in special for t in ids):  # the model must learn to stop
                 ids = ids + [tok.eos_token_id]
             completions.append(ids)
-        return [prompt_ids, *completions]
+        return completions
 
     def _fit(self, prompt, chosen, rejected):
         raw = len(prompt) + max(len(chosen), len(rejected))

@@ -36,7 +36,7 @@ from ftcli.data.tokenize import (
     TRUNCATED,
     RowTokenizer,
 )
-from ftcli.data.vision import VisionRows
+from ftcli.data.vision import VisionPairs, VisionRows
 from ftcli.errors import DataError
 from ftcli.recipe.registry import FORMATS, TASKS
 from ftcli.recipe.schema import DataSource, Recipe
@@ -58,7 +58,7 @@ class PreparedData:
 def prepare_data(
     recipe: Recipe, tokenizer, log: Callable[[str], None] = lambda _: None, processor=None
 ) -> PreparedData:
-    """`processor`: a vision-language model's (task: vlm), which lays out its images' tokens."""
+    """`processor`: a vision-language model's (tasks vlm, vlm_dpo), which lays out its images' tokens."""
     data = recipe.data
     packed = data.packing
     task = TASKS[recipe.task]
@@ -173,7 +173,20 @@ def _tokenize_source(
     fmt = src.format or data.format
     columns = src.columns if src.columns is not None else data.columns
     images = FORMATS[fmt].images
-    if processor is not None:
+    if processor is not None and TASKS[recipe.task].pairs:
+        tokenize = VisionPairs(
+            processor.tokenizer,
+            columns,
+            template,
+            data.max_length,
+            recipe.align.max_prompt_length,
+            data.overlong,
+            recipe.align.max_completion_length,
+            fmt,
+            processor=processor,
+            images=_image_rows(recipe, src, processor.tokenizer),
+        )
+    elif processor is not None:
         tokenize = VisionRows(
             processor,
             fmt,
@@ -237,7 +250,13 @@ def _tokenize_source(
                 row=out[first][ROW],
                 field=columns.get("margin", "margin"),
             )
-        out = out.select_columns([*PAIR_COLUMNS, *(["margin"] if has_margin else [])])
+        out = out.select_columns(
+            [
+                *PAIR_COLUMNS,
+                *(["images"] if processor is not None else []),
+                *(["margin"] if has_margin else []),
+            ]
+        )
     elif processor is not None:
         out = out.select_columns(["input_ids", "labels", "images"])
     else:

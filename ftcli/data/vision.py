@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from ftcli.data.formats import BadRow, row_reader
 from ftcli.data.images import IMAGE_PLACEHOLDER, ImageRows, load_rgb
+from ftcli.data.pairs import PAIR_COLUMNS, PairTokenizer
 from ftcli.data.tokenize import (
     BAD,
     DROPPED_NO_LABELS,
@@ -59,7 +60,7 @@ class VisionRows:
             row = dict(zip(names, values))
             try:
                 c = read_row(row, self.columns)
-                paths = self._paths(c)
+                paths = image_paths(c, self.images)
                 ids, labels, status, raw = self.encode(self._messages(c, len(paths)), paths)
                 error = None
             except BadRow as bad:
@@ -76,13 +77,6 @@ class VisionRows:
             out["error"].append(error)
         return out
 
-    def _paths(self, c: dict) -> list[str]:
-        column = c.pop("image_column")
-        values = c["image"] if isinstance(c["image"], list) else [c["image"]]
-        if not values:
-            raise BadRow(column, "no image")
-        return [self.images.resolve(value, column) for value in values]
-
     def _messages(self, c: dict, images: int) -> list[dict]:
         """The row as a conversation of content-item lists, its images placed."""
         budget = char_budget(self.processor.tokenizer, self.max_length)
@@ -93,24 +87,7 @@ class VisionRows:
                 {"role": "user", "content": c["prompt"]},
                 {"role": "assistant", "content": cap_text(c["completion"], budget)},
             ]
-        marked = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in messages)
-        if marked not in (0, images):
-            raise BadRow("image", f"{marked} {IMAGE_PLACEHOLDER} marks in the text for {images} images")
-        placed = []
-        for m in messages:
-            items = []
-            for i, part in enumerate(m["content"].split(IMAGE_PLACEHOLDER)):
-                if i:
-                    items.append({"type": "image"})
-                if part.strip("\n"):
-                    items.append({"type": "text", "text": part.strip("\n") if marked else part})
-            placed.append({"role": m["role"], "content": items})
-        if not marked:
-            first = next((m for m in placed if m["role"] == "user"), None)
-            if first is None:
-                raise BadRow("messages", "no user turn to show the image in")
-            first["content"] = [{"type": "image"}] * images + first["content"]
-        return placed
+        return place_images(messages, images)
 
     def encode(self, messages: list[dict], paths: list[str]):
         """(input_ids with each image's tokens, labels, status, length before any cut)."""
@@ -147,6 +124,85 @@ class VisionRows:
         if all(label == IGNORE for label in labels):
             return [], [], DROPPED_NO_LABELS, raw
         return ids, labels, status, raw
+
+
+@dataclass
+class VisionPairs(PairTokenizer):
+    """Preference pairs about images (task vlm_dpo): the prompt shows the row's images, laid out as VisionRows
+    lays out a conversation (the model's template, each image's tokens by its processor); the answers are text,
+    tokenized as for text pairs. An image is never cut: a prompt over align.max_prompt_length drops the pair."""
+
+    processor: object = None
+    images: ImageRows | None = None  # where image paths may point
+    OUTPUT = (*PAIR_COLUMNS, "images")
+
+    def _encode(self, pair: dict):
+        paths = image_paths(pair, self.images)
+        budget = char_budget(self.tokenizer, self.max_length)
+        prompt = pair["prompt"]
+        prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        answers = [pair[side] for side in ("chosen", "rejected")]
+        answers = [[{"role": "assistant", "content": a}] if isinstance(a, str) else a for a in answers]
+        answers = [[{**m, "content": cap_text(m["content"], budget)} for m in a] for a in answers]
+        prompt, *answers = (items(side) for side in (place_images(prompt, len(paths)), *answers))
+        prompt_text, texts = self.render(prompt, answers)
+        placed = self.tokenizer(prompt_text, add_special_tokens=False)["input_ids"].count(
+            image_token_id(self.processor)
+        )
+        if placed != len(paths):
+            raise BadRow(
+                "prompt",
+                f"the chat template placed {placed} images for {len(paths)}; use the model's own template "
+                "(leave data.template unset)",
+            )
+        prompt_ids = self.processor(text=[prompt_text], images=[load_rgb(p) for p in paths])["input_ids"][0]
+        *ids, status, raw = self._fit(list(prompt_ids), *self.answer_ids(texts))
+        return {**dict(zip(PAIR_COLUMNS, ids)), "images": paths}, status, raw
+
+    def _fit(self, prompt, chosen, rejected):
+        if len(prompt) > self.max_prompt_length:  # cutting it would cut an image's tokens
+            return [], [], [], DROPPED_OVERLONG, len(prompt) + max(len(chosen), len(rejected))
+        return super()._fit(prompt, chosen, rejected)
+
+
+def image_paths(c: dict, images: ImageRows) -> list[str]:
+    """The canonical row's image paths (one or several), resolved and checked."""
+    column = c.pop("image_column")
+    values = c["image"] if isinstance(c["image"], list) else [c["image"]]
+    if not values:
+        raise BadRow(column, "no image")
+    return [images.resolve(value, column) for value in values]
+
+
+def place_images(messages: list[dict], images: int) -> list[dict]:
+    """Messages whose content is a list of items, {"type": "image"} where LLaVA-style text marks the images
+    (<image>), else before the first user turn's text."""
+    marked = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in messages)
+    if marked not in (0, images):
+        raise BadRow("image", f"{marked} {IMAGE_PLACEHOLDER} marks in the text for {images} images")
+    placed = []
+    for m in messages:
+        content = []
+        for i, part in enumerate(m["content"].split(IMAGE_PLACEHOLDER)):
+            if i:
+                content.append({"type": "image"})
+            if part.strip("\n"):
+                content.append({"type": "text", "text": part.strip("\n") if marked else part})
+        placed.append({"role": m["role"], "content": content})
+    if not marked:
+        first = next((m for m in placed if m["role"] == "user"), None)
+        if first is None:
+            raise BadRow("messages", "no user turn to show the image in")
+        first["content"] = [{"type": "image"}] * images + first["content"]
+    return placed
+
+
+def items(messages: list[dict]) -> list[dict]:
+    """Messages with text content as content-item lists, as vision templates take every turn."""
+    return [
+        m if isinstance(m["content"], list) else {**m, "content": [{"type": "text", "text": m["content"]}]}
+        for m in messages
+    ]
 
 
 def _carry_labels(expanded: list[int], ids: list[int], labels: list[int], image: int):

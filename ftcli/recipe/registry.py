@@ -120,6 +120,13 @@ FORMATS: dict[str, FormatSpec] = {
             images=True,
         ),
         FormatSpec(
+            "image_preference",
+            ("image", "prompt", "chosen", "rejected"),
+            "ftcli.data.formats:image_preference_row",
+            "pair",
+            images=True,
+        ),
+        FormatSpec(
             "image_chat",
             ("image", "messages", "role", "content"),
             "ftcli.data.formats:image_chat_row",
@@ -363,6 +370,28 @@ TASKS: dict[str, TaskSpec] = {
             infer_modes=("generate",),
             evaluable=False,
             methods=("full", "lora", "qlora"),
+        ),
+        TaskSpec(
+            "vlm_dpo",
+            "align",
+            ("image_preference",),
+            "ftcli.tasks.dpo:run",
+            head="vlm",
+            reference=True,
+            lr_scale=PREFERENCE_LR,
+            infer_modes=("generate",),
+            evaluable=False,
+            methods=("full", "lora", "qlora"),
+            check="ftcli.tasks.dpo:check",
+            align_keys=(
+                "beta",
+                "loss_type",
+                "loss_weights",
+                "label_smoothing",
+                "ref_model",
+                "max_prompt_length",
+                "max_completion_length",
+            ),  # no precompute_ref_log_probs: TRL reads images per batch, never the whole set up front
         ),
         TaskSpec(
             "caption",

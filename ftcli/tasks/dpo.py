@@ -1,4 +1,6 @@
-"""`task: dpo` — TRL's DPOTrainer on ftcli's pre-tokenized pairs (prompt_ids / chosen_ids / rejected_ids).
+"""`task: dpo` — TRL's DPOTrainer on ftcli's pre-tokenized pairs (prompt_ids / chosen_ids / rejected_ids); and
+`task: vlm_dpo`, the same on a pretrained vision-language model with pairs about images: the prompts carry each
+image's tokens (data/vision.py) and the batches the processor's pixel values (data/collate.py).
 
 The reference model: for adapter methods, TRL scores it with the adapter switched to a frozen copy of the starting
 adapter, so a fresh adapter's reference is the base and a continued SFT adapter's reference is the SFT model; for
@@ -10,10 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from ftcli import report
+from ftcli.data.collate import VisionPairCollator
 from ftcli.errors import RecipeError
+from ftcli.recipe.registry import TASKS
 from ftcli.recipe.schema import Recipe
 from ftcli.tasks.preference import evaluation_accuracy, reference_model
 from ftcli.tasks.runner import Setup, run_task, train_and_save, training_args
+from ftcli.tasks.vlm import VlmSetup
 from ftcli.upstream import PreparedPairs, dpo_loss_types, trainer_class
 
 
@@ -40,7 +45,10 @@ def _loss_types(recipe: Recipe) -> list[str]:
 def _train(recipe: Recipe, out: Path, resume: bool, on_done=None) -> dict:
     from trl import DPOConfig, DPOTrainer
 
-    setup = Setup(recipe, tokens_per_step=2 * recipe.training.batch_size * recipe.data.max_length)
+    vision = TASKS[recipe.task].head == "vlm"
+    setup = (VlmSetup if vision else Setup)(
+        recipe, tokens_per_step=2 * recipe.training.batch_size * recipe.data.max_length
+    )
     a = recipe.align
     args = training_args(
         DPOConfig,
@@ -63,7 +71,10 @@ def _train(recipe: Recipe, out: Path, resume: bool, on_done=None) -> dict:
             args=args,
             train_dataset=setup.data.train,
             eval_dataset=setup.data.eval if setup.has_eval else None,
-            processing_class=setup.tokenizer,
+            processing_class=setup.processor if vision else setup.tokenizer,
+            data_collator=VisionPairCollator(setup.tokenizer.pad_token_id, processor=setup.processor)
+            if vision
+            else None,
             callbacks=[callback],
         )
     except (ValueError, NotImplementedError) as exc:

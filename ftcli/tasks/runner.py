@@ -263,7 +263,8 @@ def train_and_save(trainer, setup: Setup, out: Path, resume: bool, callback, on_
     if dispatch.is_main_process():
         report.plot_losses(out / "metrics.jsonl", out / "loss.png")
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
-    rewards = [r["reward"] for r in trainer.state.log_history if "reward" in r]  # online RL
+    # online RL: the reward's mean and std over each logged step's samples
+    rewards = [r for r in trainer.state.log_history if "reward" in r]
     evals = [r["eval_loss"] for r in trainer.state.log_history if "eval_loss" in r]
     summary = {
         "steps": trainer.state.global_step,
@@ -271,7 +272,16 @@ def train_and_save(trainer, setup: Setup, out: Path, resume: bool, callback, on_
         "first_loss": round(losses[0], 4) if losses else None,
         "final_loss": round(losses[-1], 4) if losses else None,
         "train_loss": result.training_loss,
-        **({"first_reward": round(rewards[0], 4), "final_reward": round(rewards[-1], 4)} if rewards else {}),
+        **(
+            {
+                f"{when}_{key}": round(rewards[i][key], 4)
+                for when, i in (("first", 0), ("final", -1))
+                for key in ("reward", "reward_std")
+                if key in rewards[i]
+            }
+            if rewards
+            else {}
+        ),
         "final_eval_loss": final_eval.get("eval_loss"),
         "best_eval_loss": min(evals) if evals else None,
         "train_seconds": round(train_seconds, 2),

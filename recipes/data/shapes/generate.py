@@ -1,7 +1,8 @@
 """Regenerate the synthetic image set (deterministic). Run: python recipes/data/shapes/generate.py
 
-Small coloured shapes on a light background, 32x32 PNG, with the same images in the four layouts ftcli reads:
-captions as JSONL and as a COCO annotation file, M3IT-like instructions, and LLaVA-style conversations.
+Small coloured shapes on a light background, 32x32 PNG, with the same images in each layout ftcli reads:
+captions as JSONL and as a COCO annotation file, M3IT-like instructions, LLaVA-style conversations, and image
+preference pairs (the right colour preferred over another one).
 The colour is the learnable rule the tests check (greedy captions of held-out images must name it).
 """
 
@@ -99,6 +100,20 @@ def main() -> None:
             for i, r in enumerate(train)
         ],
     )
+    pick = random.Random(1)  # its own stream: the files above stay as they were
+    for split, name in (("train", "preferences.jsonl"), ("eval", "preferences_eval.jsonl")):
+        write_jsonl(
+            name,
+            [
+                {
+                    "image": r["image"],
+                    "prompt": "What colour is the shape?",
+                    "chosen": r["colour"],
+                    "rejected": pick.choice([c for c in COLOURS if c != r["colour"]]),
+                }
+                for r in rows[split]
+            ],
+        )
 
 
 if __name__ == "__main__":
