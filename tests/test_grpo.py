@@ -168,3 +168,18 @@ def test_grpo_refusals_name_the_key(overrides, rewards, message, tmp_path, capsy
 def test_beta_zero_is_for_grpo_only(capsys):
     assert call_main("validate", SMOKE / "dpo-lora.yaml", "align.beta=0") == 2
     assert "align.beta: task dpo needs beta > 0" in capsys.readouterr().err
+
+
+def test_full_fine_tuning_with_a_kl_term_scores_against_the_reference_ftcli_loaded(tmp_path):
+    """TRL builds that reference itself from the policy's name: it gets the pinned revision and the safetensors
+    rule ftcli loaded the policy with; adapters (the base with the adapter off) and beta 0 need none."""
+    recipe = load_recipe(GRPO, ["method.type=full", "align.beta=0.04", "model.revision=v1"])
+    assert grpo._reference_loading(recipe) == {"revision": "v1", "use_safetensors": True}
+    assert grpo._reference_loading(load_recipe(GRPO, ["align.beta=0.04"])) is None
+    assert grpo._reference_loading(load_recipe(GRPO, ["method.type=full"])) is None
+    out = tmp_path / "run"
+    overrides = ["method.type=full", "align.beta=0.04", "training.max_steps=2", "training.logging_steps=1"]
+    summary = grpo.run(load_recipe(GRPO, [*overrides, "training.learning_rate=1e-5", f"output.dir={out}"]))
+    assert summary["status"] == "completed"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("kl" in r for r in rows)  # the KL to the reference was computed

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ftcli import report
 from ftcli.errors import RecipeError
+from ftcli.recipe.registry import METHODS
 from ftcli.recipe.schema import Recipe
 from ftcli.tasks.rewards import build_rewards, check_rewards
 from ftcli.tasks.runner import Setup, numerics, quiet_stdout, run_task, train_and_save, training_args
@@ -69,6 +70,18 @@ class GrpoSetup(Setup):
         ]
 
 
+def _reference_loading(recipe: Recipe) -> dict | None:
+    """Full fine-tuning with a KL term: TRL loads the reference itself, from the policy's name; these make it load
+    the same weights ftcli loaded (the pinned revision, safetensors unless model.allow_pickle)."""
+    if not METHODS[recipe.method.type].trains_base or recipe.align.beta == 0:
+        return None
+    spec = recipe.model
+    return {
+        **({"revision": spec.revision} if spec.revision else {}),
+        **({} if spec.allow_pickle else {"use_safetensors": True}),
+    }
+
+
 def _describe(reward) -> str:
     if reward.type == "match":
         return f"match({reward.column}{', ' + repr(reward.pattern) if reward.pattern else ''})"
@@ -102,6 +115,7 @@ def _train(recipe: Recipe, out: Path, resume: bool, on_done=None) -> dict:
         reward_weights=weights,
         use_vllm=setup.vllm,
         **({"vllm_mode": "colocate"} if setup.vllm else {}),
+        model_init_kwargs=_reference_loading(recipe),
     )
     callback = report.make_callback(out)
     trainer = trainer_class(GRPOTrainer)(
