@@ -95,7 +95,8 @@ def _quiet_libraries() -> None:
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
     logging.getLogger("accelerate").setLevel(logging.ERROR)
-    logging.getLogger("trl").setLevel(logging.ERROR)  # TRL logs through accelerate's adapter, not transformers'
+    # TRL logs through accelerate's adapter, not transformers'
+    logging.getLogger("trl").setLevel(logging.ERROR)
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # e.g. "pip install kernels" hints on CPU
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)

@@ -174,7 +174,11 @@ def test_full_fine_tuning_with_a_kl_term_scores_against_the_reference_ftcli_load
     """TRL builds that reference itself from the policy's name: it gets the pinned revision and the safetensors
     rule ftcli loaded the policy with; adapters (the base with the adapter off) and beta 0 need none."""
     recipe = load_recipe(GRPO, ["method.type=full", "align.beta=0.04", "model.revision=v1"])
-    assert grpo._reference_loading(recipe) == {"revision": "v1", "use_safetensors": True}
+    assert grpo._reference_loading(recipe) == {
+        "trust_remote_code": False,
+        "revision": "v1",
+        "use_safetensors": True,
+    }
     assert grpo._reference_loading(load_recipe(GRPO, ["align.beta=0.04"])) is None
     assert grpo._reference_loading(load_recipe(GRPO, ["method.type=full"])) is None
     out = tmp_path / "run"

@@ -353,6 +353,26 @@ def test_image_pairs_put_the_image_tokens_in_the_prompt_and_never_cut_them():
     assert short({k: [v] for k, v in row.items()})["status"] == ["dropped:overlong"]
     marked = pairs({k: [v] for k, v in {**row, "prompt": "<image> and <image>"}.items()})
     assert marked["status"] == ["bad"] and "2 <image> marks in the text for 1 images" in marked["error"][0]
+    answered = pairs({k: [v] for k, v in {**row, "chosen": "red <image>"}.items()})
+    assert answered["status"] == ["bad"] and "images belong in the prompt" in answered["error"][0]
+
+
+def test_a_bos_the_template_wrote_is_not_added_again():
+    """As transformers' own apply_chat_template does: a Gemma 3-style template starts with <bos>."""
+    from types import SimpleNamespace
+
+    from ftcli.data.vision import processor_inputs
+
+    seen = []
+
+    def processor(text, images, **kwargs):
+        seen.append(kwargs)
+        return {}
+
+    processor.tokenizer = SimpleNamespace(bos_token="<bos>")
+    processor_inputs(processor, ["<bos><start_of_turn>user"], [])
+    processor_inputs(processor, ["<|im_start|>user"], [], padding=True)
+    assert seen == [{"add_special_tokens": False}, {"padding": True}]
 
 
 def test_the_pair_collator_lays_out_chosen_then_rejected_with_each_pairs_images_twice():
@@ -398,3 +418,32 @@ def test_vlm_dpo_refuses_keys_it_would_not_read(capsys):
     code = call_main("validate", SMOKE / "vlm-dpo-lora.yaml", "align.precompute_ref_log_probs=true")
     err = capsys.readouterr().err
     assert code == 2 and "align.precompute_ref_log_probs" in err and "vlm_dpo" in err, err
+
+
+@pytest.mark.slow
+def test_two_workers_train_the_vision_tower_to_the_one_process_weights(tmp_path):
+    """DDP (gloo on CPU) with the vision tower trained: LLaVA reads the tower's second-to-last layer, so its last
+    layer gets no gradient, which DDP must expect; the same global batch gives the same weights."""
+    from safetensors.torch import load_file
+
+    common = [
+        "method.type=full",
+        "method.keys_to_finetune=[vision_tower, multi_modal_projector]",
+        "training.max_steps=3",
+        "training.learning_rate=1e-3",
+        "training.lr_scheduler=constant",
+        f"data.cache_dir={tmp_path / 'c'}",
+    ]
+    for name, extra in (("one", []), ("two", ["launch.num_processes=2", "training.batch_size=4"])):
+        code, _, err = run_cli(
+            "train", SMOKE / "vlm-lora.yaml", *common, *extra, f"output.dir={tmp_path / name}"
+        )
+        assert code == 0, err
+    one, two = (load_file(tmp_path / name / "model.safetensors") for name in ("one", "two"))
+    assert one.keys() == two.keys()
+    for key in one:
+        if key.endswith(
+            "k_proj.bias"
+        ):  # its gradient is 0 up to rounding: Adam scales that noise up to a step
+            continue
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)

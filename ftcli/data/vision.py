@@ -111,7 +111,7 @@ class VisionRows:
             last = [t for t, o in zip(ids, enc["offset_mapping"]) if o[0] >= spans[-1][0]]
             if not any(t in set(tok.all_special_ids) for t in last):
                 stop = [tok.eos_token_id]
-        expanded = self.processor(text=[text], images=[load_rgb(p) for p in paths])["input_ids"][0]
+        expanded = processor_inputs(self.processor, [text], [load_rgb(p) for p in paths])["input_ids"][0]
         ids, labels = _carry_labels(list(expanded), ids, labels, image)
         ids, labels = ids + stop, labels + stop
         raw = len(ids)
@@ -155,14 +155,29 @@ class VisionPairs(PairTokenizer):
                 f"the chat template placed {placed} images for {len(paths)}; use the model's own template "
                 "(leave data.template unset)",
             )
-        prompt_ids = self.processor(text=[prompt_text], images=[load_rgb(p) for p in paths])["input_ids"][0]
-        *ids, status, raw = self._fit(list(prompt_ids), *self.answer_ids(texts))
+        prompt_ids = processor_inputs(self.processor, [prompt_text], [load_rgb(p) for p in paths])[
+            "input_ids"
+        ][0]
+        answers = self.answer_ids(texts)
+        if any(image_token_id(self.processor) in ids for ids in answers):
+            raise BadRow("chosen", "an answer holds the image token; images belong in the prompt")
+        *ids, status, raw = self._fit(list(prompt_ids), *answers)
         return {**dict(zip(PAIR_COLUMNS, ids)), "images": paths}, status, raw
 
     def _fit(self, prompt, chosen, rejected):
         if len(prompt) > self.max_prompt_length:  # cutting it would cut an image's tokens
             return [], [], [], DROPPED_OVERLONG, len(prompt) + max(len(chosen), len(rejected))
         return super()._fit(prompt, chosen, rejected)
+
+
+def processor_inputs(processor, texts: list[str], images: list, **kwargs) -> dict:
+    """What the processor makes of rendered conversations and their images (each image's placeholder expanded into
+    its tokens). A BOS the template wrote itself is not added again, as transformers' own apply_chat_template
+    does (a Gemma 3-style template starts with it; LLaVA's and Qwen's do not)."""
+    bos = processor.tokenizer.bos_token
+    if bos is not None and all(text.startswith(bos) for text in texts):
+        kwargs["add_special_tokens"] = False
+    return processor(text=texts, images=images, **kwargs)
 
 
 def image_paths(c: dict, images: ImageRows) -> list[str]:

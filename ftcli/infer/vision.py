@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 from ftcli.data.images import load_rgb
 from ftcli.data.templates import render_chat
+from ftcli.data.vision import processor_inputs
 from ftcli.errors import UserError
 from ftcli.infer.generate import generation_kwargs, result
 from ftcli.infer.inputs import Item
@@ -35,9 +36,10 @@ def answer(model, processor, items: list[Item], spec: InferSpec, template: str) 
     tokenizer.padding_side = "left"
     for start in range(0, len(items), spec.batch_size):
         batch = items[start : start + spec.batch_size]
-        inputs = processor(
-            text=texts[start : start + spec.batch_size],
-            images=[load_rgb(item.fields["image"]) for item in batch],
+        inputs = processor_inputs(
+            processor,
+            texts[start : start + spec.batch_size],
+            [load_rgb(item.fields["image"]) for item in batch],
             padding=True,
             return_tensors="pt",
         ).to(device)

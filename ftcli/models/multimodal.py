@@ -37,7 +37,9 @@ def build_git(recipe: Recipe, for_training: bool = True):
     _apply_lora(model, recipe)
     _select_trainable(model, recipe)
     if recipe.model.adapter:  # continue from an earlier GIT run (e.g. stage 1 projection -> stage 2 LoRA)
-        load_trained(model, Path(recipe.model.adapter), key="model.adapter")
+        # what that run trained is part of this one's model even where this run freezes it: saved again with
+        # this run's own tensors, so its run dir (and every checkpoint) rebuilds the model alone
+        model.carried = load_trained(model, Path(recipe.model.adapter), key="model.adapter")
     if not for_training:
         model.requires_grad_(False)
         _to_device(model, device_of(recipe))
@@ -205,17 +207,24 @@ def part_counts(model) -> dict[str, tuple[int, int]]:
 
 
 def save_trained(model, out: Path) -> list[str]:
-    """The trained tensors (by parameter name) as safetensors; returns their names."""
+    """The trained tensors (by parameter name), and those carried from the run it continued, as safetensors;
+    returns their names."""
     from safetensors.torch import save_file
 
-    tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    carried = set(getattr(model, "carried", ()))
+    tensors = {
+        n: p.detach().cpu().contiguous()
+        for n, p in model.named_parameters()
+        if p.requires_grad or n in carried
+    }
     save_file(tensors, str(out / TRAINED), metadata={"format": "pt"})
     return sorted(tensors)
 
 
-def load_trained(model, run: Path, key: str = "model.adapter") -> None:
-    """Load a GIT run's trained tensors into a model built from the same recipe; every tensor must find its
-    parameter with the same shape (a different LM, vision model or LoRA layout is an error, not a silent skip)."""
+def load_trained(model, run: Path, key: str = "model.adapter") -> list[str]:
+    """Load a GIT run's trained tensors into a model built from the same recipe, and return their names; every
+    tensor must find its parameter with the same shape (a different LM, vision model or LoRA layout is an error,
+    not a silent skip)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -238,6 +247,7 @@ def load_trained(model, run: Path, key: str = "model.adapter") -> None:
                 key=key,
             )
     model.load_state_dict(tensors, strict=False)
+    return sorted(tensors)
 
 
 def save_git_outputs(
@@ -285,6 +295,20 @@ def load_git_for_inference(recipe: Recipe):
 
 
 def image_token_count(model) -> int:
+    """The image tokens in front of the text: one per patch, plus the class token of encoders that have one (CLIP's
+    class_embedding, ViT's and DINOv2's cls_token; SigLIP has none) and any register tokens (DINOv2)."""
     config = model.vision.config
     size, patch = getattr(config, "image_size", None), getattr(config, "patch_size", None)
-    return (size // patch) ** 2 + 1 if size and patch else -1
+    if not (size and patch):
+        return -1
+    extra = 0
+    for name, param in model.vision.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        extra += (
+            1
+            if leaf in ("class_embedding", "cls_token")
+            else param.shape[1]
+            if leaf == "register_tokens"
+            else 0
+        )
+    return (size // patch) ** 2 + extra

@@ -196,7 +196,7 @@ def _refuse_unread(recipe, task, method, formats) -> None:
                 "a caption run chooses the parts it trains with multimodal.keys_to_finetune",
             )
         )
-    if recipe.model.adapter:
+    if recipe.model.adapter and task.head != "git":  # a caption run's LoRA layout is rebuilt from this recipe
         for key in ADAPTER_SHAPE:
             if key in type(spec).model_fields and changed(spec, key):
                 unread.append((f"method.{key}", f"continuing model.adapter keeps that adapter's own {key}"))
@@ -275,7 +275,8 @@ def _resolve(recipe, task, method) -> None:
                 f"align.max_prompt_length: {align.max_prompt_length} leaves no room for completions in "
                 f"data.max_length {data.max_length}; lower it or set align.max_completion_length"
             )
-    if method.peft_type == "LORA" and recipe.method.target_modules is None and not recipe.model.adapter:
+    continued_peft = recipe.model.adapter and task.head != "git"  # a peft adapter keeps its own targets
+    if method.peft_type == "LORA" and recipe.method.target_modules is None and not continued_peft:
         recipe.method.target_modules = {"git": "attention", "vlm": "language-model"}.get(
             task.head, "all-linear"
         )

@@ -35,6 +35,11 @@ class CaptionSetup(Setup):
         self.parts = part_counts(model)
         return model
 
+    def unused_parameters(self) -> bool:
+        """A trained vision encoder has weights its last hidden state skips (CLIP's post_layernorm, SigLIP's
+        pooling head)."""
+        return any(n.startswith("vision.") and p.requires_grad for n, p in self.model.named_parameters())
+
     def plan_rows(self) -> list[tuple[str, str]]:
         spec = self.recipe.multimodal
         parts = ", ".join(

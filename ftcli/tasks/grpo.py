@@ -72,11 +72,13 @@ class GrpoSetup(Setup):
 
 def _reference_loading(recipe: Recipe) -> dict | None:
     """Full fine-tuning with a KL term: TRL loads the reference itself, from the policy's name; these make it load
-    the same weights ftcli loaded (the pinned revision, safetensors unless model.allow_pickle)."""
+    the same weights ftcli loaded (the pinned revision, remote code if allowed, safetensors unless
+    model.allow_pickle)."""
     if not METHODS[recipe.method.type].trains_base or recipe.align.beta == 0:
         return None
     spec = recipe.model
     return {
+        "trust_remote_code": spec.trust_remote_code,
         **({"revision": spec.revision} if spec.revision else {}),
         **({} if spec.allow_pickle else {"use_safetensors": True}),
     }

@@ -149,6 +149,10 @@ class Setup:
     def save_outputs(self, model, out: Path, weights: bool) -> dict:
         return save_model_outputs(model, self.tokenizer, self.recipe, out, weights, self.trained_template())
 
+    def unused_parameters(self) -> bool:
+        """Whether some trainable weight may get no gradient in a step, which DDP must then look for."""
+        return False
+
     def trained_template(self) -> str | None:
         """The chat template the run trained with, where the recipe chose one over the tokenizer's own."""
         template = self.recipe.data.template
@@ -189,7 +193,8 @@ def training_args(config_cls, recipe: Recipe, out: Path, setup: Setup, **extra):
         disable_tqdm=True,
         log_level="warning",
         remove_unused_columns=False,
-        ddp_find_unused_parameters=False,  # every trainable weight is used each step; the check costs a pass
+        # a text model uses every trainable weight each step, and the check costs a pass over the graph
+        ddp_find_unused_parameters=setup.unused_parameters(),
         logging_nan_inf_filter=False,  # a NaN loss must show (and stop the run), not be averaged away
         **extra,
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 from ftcli import report
 from ftcli.data.collate import VisionCollator
 from ftcli.models.load import load_processor
-from ftcli.models.vlm import LANGUAGE_MODEL, VISION_TOWER, part_name
+from ftcli.models.vlm import LANGUAGE_MODEL, VISION_TOWER, part_name, vision_tower_key
 from ftcli.recipe.schema import Recipe
 from ftcli.tasks.runner import Setup, make_trainer, run_task, train_and_save, training_args
 
@@ -25,6 +25,11 @@ class VlmSetup(Setup):
     def load_processing(self):
         processor = load_processor(self.recipe.model)
         return processor, processor.tokenizer
+
+    def unused_parameters(self) -> bool:
+        """A trained vision tower has weights the features skip (LLaVA reads a layer before the last)."""
+        tower = vision_tower_key(self.model)
+        return bool(tower) and any(tower in n and p.requires_grad for n, p in self.model.named_parameters())
 
     def plan_rows(self) -> list[tuple[str, str]]:
         trainable = {}
