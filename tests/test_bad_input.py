@@ -641,6 +641,16 @@ CASES = [
         "data.sources.0.image_dir: not read here: these rows have no images",
     ),
     (
+        "hub revision of a builtin model",
+        lambda t: ["validate", SMOKE / "sft-lora.yaml", "model.revision=v1"],
+        "model.revision: not read here: builtin:tiny-llama is built in code",
+    ),
+    (
+        "hub revision of a builtin vision model",
+        lambda t: ["validate", SMOKE / "caption-lora.yaml", "multimodal.vision_revision=v1"],
+        "multimodal.vision_revision: not read here: builtin:tiny-clip is built in code",
+    ),
+    (
         "8-bit with nf4 settings",
         lambda t: ["validate", SMOKE / "sft-qlora.yaml", "method.bits=8", "method.quant_type=fp4"],
         "method.quant_type: not read here: 8-bit quantization",

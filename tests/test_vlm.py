@@ -447,3 +447,135 @@ def test_two_workers_train_the_vision_tower_to_the_one_process_weights(tmp_path)
         ):  # its gradient is 0 up to rounding: Adam scales that noise up to a step
             continue
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_a_processor_that_needs_torchvision_says_so(monkeypatch):
+    """transformers builds Qwen2/2.5-VL's video processor with torchvision only (here: not installed): one line
+    saying what to install, not an internal error."""
+    import transformers
+
+    from ftcli.errors import UserError
+    from ftcli.models.load import load_processor
+
+    def refuse(*args, **kwargs):
+        raise ImportError("Video processor cannot be loaded - requested pil backend is not available.")
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", refuse)
+    with pytest.raises(UserError, match="needs torchvision"):
+        load_processor(load_recipe(SMOKE / "vlm-lora.yaml").model)
+
+
+QWEN_TEMPLATE = (  # Qwen2-VL's layout: each image as <|vision_start|><|image_pad|><|vision_end|>
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}"
+    "{{ '<|vision_start|><|image_pad|><|vision_end|>' }}{% else %}{{ item['text'] }}{% endif %}{% endfor %}"
+    "{{ '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen():
+    """A random Qwen2.5-VL (M-RoPE over image_grid_thw and mm_token_type_ids) and its processor, built in code.
+    Without torchvision transformers cannot build the processor's video processor, which images never use: the
+    processor is then assembled without it."""
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessorPil,
+    )
+
+    from ftcli.models.builtin import EOS, IM_END, IM_START, PAD, build_byte_tokenizer
+
+    tok = build_byte_tokenizer()
+    marks = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    tok.add_special_tokens({"additional_special_tokens": [IM_START, IM_END, *marks]})
+    tok.chat_template = QWEN_TEMPLATE
+    ids = tok.convert_tokens_to_ids
+    vision = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, patch_size=8, window_size=16)
+    text = dict(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2)
+    text.update(num_attention_heads=4, num_key_value_heads=2, eos_token_id=ids(EOS), pad_token_id=ids(PAD))
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]}
+    config = Qwen2_5_VLConfig(
+        vision_config={**vision, "out_hidden_size": 128, "fullatt_block_indexes": [1]},
+        text_config=text,
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+    )
+    torch.manual_seed(0)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    images = Qwen2VLImageProcessorPil(patch_size=8, merge_size=2, min_pixels=256, max_pixels=4096)
+    try:
+        processor = Qwen2_5_VLProcessor(image_processor=images, tokenizer=tok, chat_template=QWEN_TEMPLATE)
+    except (ImportError, AttributeError, TypeError):  # no torchvision: no video processor
+        processor = object.__new__(Qwen2_5_VLProcessor)
+        processor.image_processor, processor.tokenizer, processor.video_processor = images, tok, None
+        processor.chat_template = QWEN_TEMPLATE
+        processor.image_token, processor.video_token = "<|image_pad|>", "<|video_pad|>"
+        processor.image_token_id, processor.video_token_id = ids("<|image_pad|>"), ids("<|video_pad|>")
+    return model, processor
+
+
+def test_qwen2_5_vl_batches_give_the_logits_of_the_processors_own_layout(tiny_qwen):
+    """Padded rows and image pairs, laid out by ftcli, give Qwen2.5-VL the ids and the M-RoPE positions its
+    processor gives one conversation at a time: the same logits on every real token."""
+    from PIL import Image
+
+    from ftcli.data.collate import VisionCollator, VisionPairCollator
+    from ftcli.data.vision import VisionPairs
+
+    model, processor = tiny_qwen
+    tok, images = processor.tokenizer, ImageRows(str(SHAPES), False, 0, "")
+    paths, questions = ["images/eval-000.png", "images/eval-004.png"], ["What colour?", "Which colour is it?"]
+
+    def own_logits(path, question, answer):
+        content = [{"type": "image"}, *([{"type": "text", "text": question}] if question else [])]
+        messages = [{"role": "user", "content": content}]
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+        text = tok.apply_chat_template(messages, tokenize=False)
+        inputs = processor(
+            text=[text], images=[Image.open(SHAPES / path).convert("RGB")], return_tensors="pt"
+        )
+        with torch.no_grad():
+            return inputs["input_ids"][0], model(**inputs).logits[0]
+
+    rows = VisionRows(processor, "caption", {}, QWEN_TEMPLATE, "completion", 256, "truncate", images)
+    out = rows({"image": paths, "caption": ["red", "a purple circle on grey"]})
+    batch = VisionCollator(tok.pad_token_id, processor=processor)(
+        [{k: out[k][i] for k in ("input_ids", "labels", "images")} for i in range(2)]
+    )
+    batch.pop("labels")
+    pairs = VisionPairs(
+        tok, {}, QWEN_TEMPLATE, 256, 200, "truncate", 200, "image_preference", processor=processor
+    )
+    pairs.images = images
+    out = pairs(
+        {
+            "image": paths,
+            "prompt": questions,
+            "chosen": ["red", "purple"],
+            "rejected": ["blue", "a green one"],
+        }
+    )
+    pair_batch = VisionPairCollator(tok.pad_token_id, processor=processor)(
+        [{k: out[k][i] for k in ("prompt_ids", "chosen_ids", "rejected_ids", "images")} for i in range(2)]
+    )
+    pair_batch.pop("completion_mask")
+    assert "mm_token_type_ids" in batch and "image_grid_thw" in pair_batch
+    with torch.no_grad():
+        logits, pair_logits = model(**batch).logits, model(**pair_batch).logits
+    expected = [
+        (logits[0], own_logits(paths[0], None, "red")),
+        (logits[1], own_logits(paths[1], None, "a purple circle on grey")),
+        (pair_logits[0], own_logits(paths[0], questions[0], "red")),
+        (pair_logits[1], own_logits(paths[1], questions[1], "purple")),
+        (pair_logits[2], own_logits(paths[0], questions[0], "blue")),
+        (pair_logits[3], own_logits(paths[1], questions[1], "a green one")),
+    ]
+    ids = [*batch["input_ids"], *pair_batch["input_ids"]]
+    for row, (got, (own_ids, own)) in enumerate(expected):
+        n = len(own_ids)
+        assert torch.equal(ids[row][:n], own_ids), row
+        torch.testing.assert_close(got[:n], own, rtol=1e-4, atol=1e-4, msg=f"row {row}")

@@ -46,6 +46,14 @@ def load_processor(spec: ModelSpec, source: str | None = None):
         )
     except (OSError, ValueError) as exc:
         raise _load_error(spec, exc) from None
+    except ImportError as exc:  # Qwen2/2.5-VL's processor holds a video processor, which transformers builds
+        # with torchvision only (its images still use the Pillow processor)
+        if "video processor" not in str(exc).lower():
+            raise
+        raise UserError(
+            f"{spec.name}'s processor needs torchvision, for the video processor transformers puts in it: "
+            "pip install torchvision (the build that matches your torch)"
+        ) from None
     tokenizer = processor.tokenizer
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -206,6 +206,15 @@ def _refuse_unread(recipe, task, method, formats) -> None:
                 unread.append((f"method.{key}", "8-bit quantization (method.bits: 8) has no such setting"))
     if getattr(spec, "encoder_hidden_size", None) is not None and not spec.prefix_projection:
         unread.append(("method.encoder_hidden_size", "it sizes the MLP of prefix_projection: true"))
+    # a builtin is built in code; model.allow_pickle still governs the weights of a model.adapter on it
+    pickle = () if recipe.model.adapter else ("allow_pickle",)
+    builtin_parts = [("model", recipe.model.name, ("revision", "trust_remote_code", *pickle))]
+    if recipe.multimodal:
+        builtin_parts.append(("multimodal", recipe.multimodal.vision_model, ("vision_revision",)))
+    for block, name, keys in builtin_parts:
+        for key in keys:
+            if name.startswith("builtin:") and changed(getattr(recipe, block), key):
+                unread.append((f"{block}.{key}", f"{name} is built in code: it has no hub revision or files"))
     training = recipe.training
     if changed(training, "warmup_steps") and changed(training, "warmup_ratio"):
         unread.append(
