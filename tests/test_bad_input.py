@@ -256,7 +256,19 @@ CASES = [
     (
         "every row too long",
         lambda t: ["prepare", recipe_on(t, DATA / "chat.jsonl", extra="  max_length: 8\n  overlong: drop\n")],
-        "no training rows left",
+        "data.max_length: no training rows left: all 300 were dropped for length (they are longer than 8 tokens); "
+        "raise it, or set data.overlong: truncate",
+    ),
+    (
+        "every image pair's prompt too long",
+        lambda t: [
+            "prepare",
+            SMOKE / "vlm-dpo-lora.yaml",
+            "align.max_prompt_length=20",
+            f"data.cache_dir={t}",
+        ],
+        "align.max_prompt_length: no training rows left: all 150 were dropped for length (their prompts with the "
+        "images' tokens are over 20); raise it: an image is never cut",
     ),
     (
         "unknown template",

@@ -37,7 +37,7 @@ from ftcli.data.tokenize import (
     RowTokenizer,
 )
 from ftcli.data.vision import VisionPairs, VisionRows
-from ftcli.errors import DataError
+from ftcli.errors import DataError, RecipeError
 from ftcli.recipe.registry import FORMATS, TASKS
 from ftcli.recipe.schema import DataSource, Recipe
 
@@ -115,7 +115,7 @@ def prepare_data(
         )
     train = datasets.concatenate_datasets(train_parts) if len(train_parts) > 1 else train_parts[0]
     if len(train) == 0:
-        raise DataError("no training rows left after tokenization (all dropped or bad); see `ftcli prepare`")
+        raise _nothing_left(recipe, source_stats)
     evaluation = None
     if eval_parts:
         evaluation = datasets.concatenate_datasets(eval_parts) if len(eval_parts) > 1 else eval_parts[0]
@@ -151,6 +151,36 @@ def prepare_data(
     entry = save_cached(root, key, train, evaluation, stats)
     cached = load_cached(root, key)  # memory-mapped from the cache, like a later hit
     return PreparedData(cached[0], cached[1], stats, str(entry), False, packed)
+
+
+def _nothing_left(recipe: Recipe, source_stats: list[dict]) -> Exception:
+    """No training row survived: when length alone dropped them all, which limit to raise."""
+    train = [s for s in source_stats if s["split"] == "train"]
+    used, long = (sum(s[k] for s in train) for k in ("rows_used", "dropped_overlong"))
+    if not used or long < used:
+        return DataError("no training rows left after tokenization (all dropped or bad); see `ftcli prepare`")
+    data, align = recipe.data, recipe.align
+    images = any(FORMATS[s.format or data.format].images for s in data.sources)
+    if TASKS[recipe.task].pairs and images:
+        key, why = (
+            "align.max_prompt_length",
+            f"their prompts with the images' tokens are over {align.max_prompt_length}",
+        )
+        fix = "raise it: an image is never cut"
+    elif TASKS[recipe.task].pairs:
+        key = "data.max_length"
+        why = f"they are over data.max_length {data.max_length} or align.max_prompt_length {align.max_prompt_length}"
+        fix = "raise them, or set data.overlong: truncate"
+    elif images and data.overlong == "truncate":
+        key, why = "data.max_length", f"their images end past {data.max_length} tokens"
+        fix = "raise it: an image is never cut"
+    else:
+        key, why, fix = (
+            "data.max_length",
+            f"they are longer than {data.max_length} tokens",
+            "raise it, or set data.overlong: truncate",
+        )
+    return RecipeError(f"no training rows left: all {used} were dropped for length ({why}); {fix}", key=key)
 
 
 def _all_sources(recipe: Recipe) -> list[DataSource]:
