@@ -21,6 +21,7 @@ import yaml
 
 from ftcli import __version__, redact
 from ftcli.errors import UserError
+from ftcli.models.save import TOKENIZER_FILES
 from ftcli.recipe.registry import METHODS
 from ftcli.recipe.schema import Recipe
 
@@ -58,17 +59,7 @@ RUN_ENTRIES = (
     "training_args.bin",
     "README.md",
     "git_config.json",
-    "preprocessor_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "tokenizer.model",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
-    "chat_template.jinja",
-    "chat_template.json",
+    *TOKENIZER_FILES,  # the tokenizer and, for a vision-language model, its processor
 )
 
 

@@ -111,6 +111,15 @@ def test_run_dir_merge_and_export_load_in_plain_transformers_with_the_same_logit
     assert code == 0 and stdout.strip(), err
 
 
+def test_overwrite_may_replace_a_vlm_run_dir(trained):
+    """Its processor files are ftcli's too: --overwrite must not take them for the user's."""
+    from ftcli.run_dir import check_replaceable
+
+    out, _, _ = trained
+    assert (out / "processor_config.json").exists()
+    check_replaceable(load_recipe(SMOKE / "vlm-lora.yaml", [f"output.dir={out}"]), out)
+
+
 def rows_for(fmt, columns=None, **recipe):
     from ftcli.models.load import load_processor
 
