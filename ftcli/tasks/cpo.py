@@ -7,12 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ftcli import report
 from ftcli.errors import RecipeError
 from ftcli.recipe.schema import Recipe
-from ftcli.tasks.preference import evaluation_accuracy
-from ftcli.tasks.runner import Setup, run_task, train_and_save, training_args
-from ftcli.upstream import TokenizedPairRows, cpo_loss_types, experimental_trainer, trainer_class
+from ftcli.tasks.preference import train_on_tokenized_pairs
+from ftcli.tasks.runner import Setup, run_task, training_args
+from ftcli.upstream import cpo_loss_types, experimental_trainer
 
 # Losses with a task (or knobs) of their own: SimPO is `task: simpo`; AlphaPO's alpha is not exposed.
 NOT_CPO_LOSSES = ("simpo", "alphapo")
@@ -52,15 +51,4 @@ def _train(recipe: Recipe, out: Path, resume: bool, on_done=None) -> dict:
         simpo_gamma=a.simpo_gamma,
         max_length=recipe.data.max_length,  # pairs are already cut to it by ftcli
     )
-    callback = report.make_callback(out)
-    trainer = trainer_class(CPOTrainer, TokenizedPairRows)(
-        model=setup.model,
-        args=args,
-        train_dataset=setup.data.train,
-        eval_dataset=setup.data.eval if setup.has_eval else None,
-        processing_class=setup.tokenizer,
-        callbacks=[callback],
-    )
-    summary = train_and_save(trainer, setup, out, resume, callback, on_done)
-    summary.update(evaluation_accuracy(summary, "rewards/accuracies", "rewards/margins"))
-    return summary
+    return train_on_tokenized_pairs(CPOTrainer, setup, args, out, resume, on_done)

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ftcli import report
 from ftcli.recipe.schema import Recipe
-from ftcli.tasks.preference import evaluation_accuracy
-from ftcli.tasks.runner import Setup, run_task, train_and_save, training_args
-from ftcli.upstream import TokenizedPairRows, experimental_trainer, trainer_class
+from ftcli.tasks.preference import train_on_tokenized_pairs
+from ftcli.tasks.runner import Setup, run_task, training_args
+from ftcli.upstream import experimental_trainer
 
 
 def run(recipe: Recipe, overwrite: bool = False, resume: bool = False, on_done=None) -> dict:
@@ -28,15 +27,4 @@ def _train(recipe: Recipe, out: Path, resume: bool, on_done=None) -> dict:
         beta=recipe.align.beta,
         max_length=recipe.data.max_length,  # pairs are already cut to it by ftcli
     )
-    callback = report.make_callback(out)
-    trainer = trainer_class(ORPOTrainer, TokenizedPairRows)(
-        model=setup.model,
-        args=args,
-        train_dataset=setup.data.train,
-        eval_dataset=setup.data.eval if setup.has_eval else None,
-        processing_class=setup.tokenizer,
-        callbacks=[callback],
-    )
-    summary = train_and_save(trainer, setup, out, resume, callback, on_done)
-    summary.update(evaluation_accuracy(summary, "rewards/accuracies", "rewards/margins"))
-    return summary
+    return train_on_tokenized_pairs(ORPOTrainer, setup, args, out, resume, on_done)

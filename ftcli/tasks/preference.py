@@ -1,10 +1,13 @@
-"""Pieces the preference objectives (dpo, kto, orpo, cpo, simpo, reward) share: the reference model and the
-preference-accuracy summary fields."""
+"""Pieces the preference objectives (dpo, kto, orpo, cpo, simpo, reward) share: the reference model, the
+preference-accuracy summary fields, and the run of TRL's reference-free experimental trainers (orpo, cpo)."""
 
 from __future__ import annotations
 
+from ftcli import report
 from ftcli.recipe.registry import METHODS
 from ftcli.recipe.schema import Recipe
+from ftcli.tasks.runner import train_and_save
+from ftcli.upstream import TokenizedPairRows, trainer_class
 
 
 def reference_model(recipe: Recipe, setup):
@@ -29,3 +32,20 @@ def evaluation_accuracy(summary: dict, accuracy_key: str, margin_key: str | None
     if margin_key:
         out["eval_margin"] = final.get(margin_key)
     return out
+
+
+def train_on_tokenized_pairs(trainer_cls, setup, args, out, resume: bool, on_done=None) -> dict:
+    """TRL's experimental ORPO/CPO trainer fed ftcli's tokenized pairs (upstream.TokenizedPairRows), trained and
+    saved, with the held-out preference accuracy."""
+    callback = report.make_callback(out)
+    trainer = trainer_class(trainer_cls, TokenizedPairRows)(
+        model=setup.model,
+        args=args,
+        train_dataset=setup.data.train,
+        eval_dataset=setup.data.eval if setup.has_eval else None,
+        processing_class=setup.tokenizer,
+        callbacks=[callback],
+    )
+    summary = train_and_save(trainer, setup, out, resume, callback, on_done)
+    summary.update(evaluation_accuracy(summary, "rewards/accuracies", "rewards/margins"))
+    return summary
