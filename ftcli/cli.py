@@ -54,6 +54,7 @@ def _root(
         os.environ["FTCLI_DEBUG"] = "1"  # reaches accelerate-launched workers too
     else:
         os.environ.pop("FTCLI_DEBUG", None)
+    _deepspeed_logs_to_stderr()
 
 
 def _debug() -> bool:
@@ -78,11 +79,36 @@ def _located(recipe):
         raise
 
 
+class _DeepSpeedToStderr:
+    """A filter on DeepSpeed's logger, which writes to stdout through its own handler: stdout is for results, so
+    its records go to stderr instead (errors only, unless --debug). Set before anything imports DeepSpeed, whose
+    handler it outlives."""
+
+    def __init__(self, level: int):
+        self.level = level
+
+    def filter(self, record) -> bool:
+        if record.levelno >= self.level:
+            sys.stderr.write(f"[{record.levelname}] DeepSpeed: {record.getMessage()}\n")
+        return False
+
+
+def _deepspeed_logs_to_stderr() -> None:
+    import logging
+
+    deepspeed = logging.getLogger("DeepSpeed")
+    for old in [f for f in deepspeed.filters if isinstance(f, _DeepSpeedToStderr)]:
+        deepspeed.removeFilter(old)
+    deepspeed.addFilter(_DeepSpeedToStderr(logging.DEBUG if _debug() else logging.ERROR))
+
+
 def _quiet_libraries() -> None:
     """Library progress bars and info logs would drown ours; --debug brings them back."""
+    import logging
+
+    _deepspeed_logs_to_stderr()
     if _debug():
         return
-    import logging
     import warnings
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

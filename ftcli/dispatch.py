@@ -67,6 +67,25 @@ def wants_workers(recipe: Recipe) -> bool:
     return processes_per_machine(recipe) * recipe.launch.num_machines > 1
 
 
+def check_engine(recipe: Recipe, precision: str) -> None:
+    """The engine the workers need is installed: refused before any run dir or worker exists."""
+    own = recipe.launch.config_file
+    if accelerate_config(recipe, precision).get("distributed_type") == "DEEPSPEED" and not installed(
+        "deepspeed"
+    ):
+        raise RecipeError(
+            f"{'this accelerate config asks for DeepSpeed, which' if own else 'DeepSpeed'} is not installed; pip "
+            f"install 'ftcli[deepspeed]'{'' if own else ', or use launch.strategy: ddp or fsdp'}",
+            key="launch.config_file" if own else "launch.strategy",
+        )
+
+
+def installed(package: str) -> bool:
+    from importlib.util import find_spec
+
+    return find_spec(package) is not None
+
+
 def accelerate_config(recipe: Recipe, precision: str) -> dict:
     """The accelerate config file for this recipe, or the user's own (`launch.config_file`)."""
     from ftcli.models.hardware import device_of
@@ -108,6 +127,9 @@ def accelerate_config(recipe: Recipe, precision: str) -> dict:
         )
     elif launch.strategy == "fsdp":
         fsdp = launch.fsdp
+        # Rank 0 loads and broadcasts the weights (the others build empty ones) only on GPUs: accelerate has no CPU
+        # path for it, and CPU workers each load the same weights (seeded heads included) anyway.
+        on_gpus = device_of(recipe) != "cpu"
         config["fsdp_config"] = {
             "fsdp_version": 1,
             "fsdp_sharding_strategy": fsdp.sharding_strategy,
@@ -115,8 +137,8 @@ def accelerate_config(recipe: Recipe, precision: str) -> dict:
             "fsdp_state_dict_type": fsdp.state_dict_type,
             "fsdp_offload_params": fsdp.cpu_offload,
             "fsdp_use_orig_params": True,  # needed with frozen (PEFT) parameters
-            "fsdp_sync_module_states": True,
-            "fsdp_cpu_ram_efficient_loading": True,
+            "fsdp_sync_module_states": on_gpus,
+            "fsdp_cpu_ram_efficient_loading": on_gpus,
         }
     return config
 
@@ -249,7 +271,7 @@ def _settle(out: Path, status: str, **fields) -> dict:
     return summary
 
 
-ELASTIC_NOISE = ("torch/distributed/elastic/", "torch.distributed.elastic")
+ELASTIC_NOISE = ("torch/distributed/elastic/", "torch.distributed.elastic", "torch/distributed/run.py")
 
 
 def _relay_stderr(stream, verbose: bool) -> None:

@@ -74,6 +74,7 @@ def run(
     if workers and not dispatch.in_worker():
         if dry_run:
             return dispatch.dry_run(recipe, command, precision(recipe), resume)
+        dispatch.check_engine(recipe, precision(recipe))
         return dispatch.run_workers(recipe, command, precision(recipe), overwrite, resume)
     if dry_run:
         return {
