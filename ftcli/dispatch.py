@@ -68,15 +68,23 @@ def wants_workers(recipe: Recipe) -> bool:
 
 
 def check_engine(recipe: Recipe, precision: str) -> None:
-    """The engine the workers need is installed: refused before any run dir or worker exists."""
+    """The workers can run the engine asked for: refused before any run dir or worker exists."""
+    from ftcli.models.hardware import device_of
+
     own = recipe.launch.config_file
-    if accelerate_config(recipe, precision).get("distributed_type") == "DEEPSPEED" and not installed(
-        "deepspeed"
-    ):
+    key = "launch.config_file" if own else "launch.strategy"
+    engine = accelerate_config(recipe, precision).get("distributed_type")
+    if engine == "DEEPSPEED" and not installed("deepspeed"):
         raise RecipeError(
             f"{'this accelerate config asks for DeepSpeed, which' if own else 'DeepSpeed'} is not installed; pip "
             f"install 'ftcli[deepspeed]'{'' if own else ', or use launch.strategy: ddp or fsdp'}",
-            key="launch.config_file" if own else "launch.strategy",
+            key=key,
+        )
+    if engine == "FSDP" and device_of(recipe) == "cpu":
+        raise RecipeError(
+            "accelerate runs FSDP on GPUs only (CPU workers would silently run plain DDP); use launch.strategy: "
+            "ddp or deepspeed for CPU workers",
+            key=key,
         )
 
 
@@ -127,9 +135,6 @@ def accelerate_config(recipe: Recipe, precision: str) -> dict:
         )
     elif launch.strategy == "fsdp":
         fsdp = launch.fsdp
-        # Rank 0 loads and broadcasts the weights (the others build empty ones) only on GPUs: accelerate has no CPU
-        # path for it, and CPU workers each load the same weights (seeded heads included) anyway.
-        on_gpus = device_of(recipe) != "cpu"
         config["fsdp_config"] = {
             "fsdp_version": 1,
             "fsdp_sharding_strategy": fsdp.sharding_strategy,
@@ -137,8 +142,8 @@ def accelerate_config(recipe: Recipe, precision: str) -> dict:
             "fsdp_state_dict_type": fsdp.state_dict_type,
             "fsdp_offload_params": fsdp.cpu_offload,
             "fsdp_use_orig_params": True,  # needed with frozen (PEFT) parameters
-            "fsdp_sync_module_states": on_gpus,
-            "fsdp_cpu_ram_efficient_loading": on_gpus,
+            "fsdp_sync_module_states": True,
+            "fsdp_cpu_ram_efficient_loading": True,
         }
     return config
 

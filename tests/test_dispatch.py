@@ -57,17 +57,17 @@ def test_a_failing_worker_fails_the_run_with_its_message(tmp_path):
 
 ENGINES = {
     "ddp": [],
-    "fsdp": ["launch.strategy=fsdp"],
     "zero2": ["launch.strategy=deepspeed", "launch.deepspeed.zero_stage=2"],
     "zero3": ["launch.strategy=deepspeed", "launch.deepspeed.zero_stage=3"],
 }
 
 
 @pytest.mark.slow
-def test_every_engine_trains_one_recipe_alike(tmp_path):
-    """One full fine-tuning recipe and seed, bf16, on DDP, FSDP, DeepSpeed ZeRO-2 and ZeRO-3 (two CPU workers
-    each): FSDP runs DDP's arithmetic exactly (fp32 weights under autocast); DeepSpeed computes with bf16 copies
-    of its fp32 masters, so its loss curve agrees within bf16 rounding and it saves the bf16 copies."""
+def test_deepspeed_trains_one_recipe_like_ddp(tmp_path):
+    """One full fine-tuning recipe and seed, bf16, on DDP and DeepSpeed ZeRO-2 and ZeRO-3 (two CPU workers each):
+    DDP autocasts fp32 weights, DeepSpeed computes with bf16 copies of its fp32 masters and saves them, so the loss
+    curves agree within bf16 rounding and the saved weights within bf16 resolution. (FSDP runs on GPUs only: the GPU
+    check compares it.)"""
     losses, weights = {}, {}
     for name, strategy in ENGINES.items():
         out = tmp_path / name
@@ -86,7 +86,7 @@ def test_every_engine_trains_one_recipe_alike(tmp_path):
             "--json",
         )
         assert code == 0, err
-        summary = json.loads(stdout)
+        summary = json.loads(stdout)  # nothing but the summary on stdout, DeepSpeed installed or not
         assert summary["status"] == "completed"
         assert ("DeepSpeed" in summary["weights_dtype"]) == name.startswith("zero")
         assert yaml.safe_load((out / "accelerate_config.yaml").read_text())["num_processes"] == 2
@@ -95,31 +95,36 @@ def test_every_engine_trains_one_recipe_alike(tmp_path):
         weights[name] = load_file(out / "model.safetensors")
     reference = losses["ddp"]
     assert len(reference) == 4 and reference[-1] < 0.7 * reference[0]  # it learns
-    assert losses["fsdp"] == reference
-    for key, value in weights["ddp"].items():
-        assert value.dtype == torch.float32 and torch.equal(weights["fsdp"][key], value), key
+    assert losses["zero2"] != reference  # a real DeepSpeed engine, not DDP under another name
     for name in ("zero2", "zero3"):
         for step, (loss, ref) in enumerate(zip(losses[name], reference, strict=True), 1):
             assert abs(loss - ref) <= 0.005 * ref, (name, step, loss, ref)  # measured: 0.08% at most
         for key, value in weights["ddp"].items():
-            assert weights[name][key].dtype == torch.bfloat16, key
+            assert value.dtype == torch.float32 and weights[name][key].dtype == torch.bfloat16, key
             torch.testing.assert_close(weights[name][key].float(), value, rtol=1e-2, atol=1e-2, msg=key)
 
 
-def test_a_missing_engine_is_refused_before_anything_starts(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["launch.strategy=deepspeed"],
+            "launch.strategy: DeepSpeed is not installed; pip install 'ftcli[deepspeed]'",
+        ),
+        (["launch.strategy=fsdp"], "launch.strategy: accelerate runs FSDP on GPUs only"),
+    ],
+)
+def test_an_engine_the_workers_cannot_run_is_refused_before_anything_starts(
+    overrides, message, tmp_path, monkeypatch, capsys
+):
     from ftcli import dispatch
 
     monkeypatch.setattr(dispatch, "installed", lambda package: package != "deepspeed")
     out = tmp_path / "run"
-    code = call_main(
-        "train",
-        SMOKE / "sft-lora-ddp2.yaml",
-        "launch.strategy=deepspeed",
-        f"output.dir={out}",
-    )
+    code = call_main("train", SMOKE / "sft-lora-ddp2.yaml", *overrides, f"output.dir={out}")
     err = capsys.readouterr().err
     assert code == 2 and not out.exists()
-    assert "launch.strategy: DeepSpeed is not installed; pip install 'ftcli[deepspeed]'" in err, err
+    assert message in err, err
 
 
 def test_launcher_python_runs_in_process(tmp_path):
