@@ -5,6 +5,7 @@
 
 All variants run in one invocation, each in its own process (so end-to-end wall time and peak RSS are its own):
   raw         a plain PyTorch loop over ftcli's packed rows, attention kept inside each document: the limit
+  raw-lora    the same loop on a plain peft LoRA model (r=8, all linear layers): the limit for LoRA
   trl         TRL SFTTrainer with its defaults (padded batches, gradient checkpointing on): what users write
   ftcli-full  `ftcli train`, full fine-tuning, ftcli's defaults
   ftcli-lora  `ftcli train`, LoRA r=8 on all linear layers, ftcli's defaults
@@ -77,7 +78,7 @@ output:
 # --- the variants, each run in its own process -------------------------------------------------------------
 
 
-def run_raw(data: Path, work: Path, steps: int) -> dict:
+def run_raw(data: Path, work: Path, steps: int, lora: bool = False) -> dict:
     import torch
 
     from ftcli.data.collate import PackedCollator
@@ -93,8 +94,14 @@ def run_raw(data: Path, work: Path, steps: int) -> dict:
     torch.manual_seed(0)
     model = load_base_model(recipe)
     training_config(model)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(
+            model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear")
+        )
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     collate = PackedCollator(tokenizer.pad_token_id)
     order = list(range(len(rows)))
     random.Random(0).shuffle(order)
@@ -183,6 +190,7 @@ def run_ftcli(data: Path, work: Path, steps: int, method: str) -> dict:
 def worker(variant: str, data: Path, work: Path, steps: int) -> None:
     run = {
         "raw": lambda: run_raw(data, work, steps),
+        "raw-lora": lambda: run_raw(data, work, steps, lora=True),
         "trl": lambda: run_trl(data, work, steps),
         "ftcli-full": lambda: run_ftcli(data, work, steps, "full"),
         "ftcli-lora": lambda: run_ftcli(data, work, steps, "lora"),
@@ -230,7 +238,7 @@ def main() -> None:
     make_workload(work / "chat.jsonl", rows)
     env = {**os.environ, "FTCLI_CACHE": str(work / "ftcli-cache"), "TOKENIZERS_PARALLELISM": "false"}
     results = {}
-    for variant in ("raw", "trl", "ftcli-full", "ftcli-lora"):
+    for variant in ("raw", "raw-lora", "trl", "ftcli-full", "ftcli-lora"):
         start = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, __file__, "--variant", variant, "--work", str(work), "--steps", str(steps)],
@@ -284,6 +292,7 @@ def markdown(report: dict) -> str:
     ]
     notes = {
         "raw": "packed, per-document attention",
+        "raw-lora": "the same loop, peft LoRA r8 all-linear",
         "trl": "SFTTrainer defaults",
         "ftcli-full": "`ftcli train`, full FT",
         "ftcli-lora": "`ftcli train`, LoRA r8 all-linear",
@@ -299,8 +308,17 @@ def markdown(report: dict) -> str:
             f"{r['wall_s']:.1f} | {r['wall_vs_raw']:.2f} | {r['peak_rss'] / 2**20:,.0f} | "
             f"{notes[name]}{'; ' + ', '.join(extra) if extra else ''} |"
         )
+    results = report["results"]
+    lora = results["ftcli-lora"]["tokens_per_s"] / results["raw-lora"]["tokens_per_s"]
     cold = report["help_cold_start_s"]
-    lines += ["", f"`--help` cold start: ftcli {cold['ftcli']} s, trl {cold['trl']} s.", ""]
+    lines += [
+        "",
+        f"`ftcli train` LoRA: {lora:.2f}x the raw peft LoRA loop; full: {results['ftcli-full']['ratio_to_raw']:.2f}x "
+        "the raw loop.",
+        "",
+        f"`--help` cold start: ftcli {cold['ftcli']} s, trl {cold['trl']} s.",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -20,11 +20,12 @@ def test_throughput_benchmark_quick_mode_runs_every_variant(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "throughput-quick.json").read_text())
-    assert set(report["results"]) == {"raw", "trl", "ftcli-full", "ftcli-lora"}
+    assert set(report["results"]) == {"raw", "raw-lora", "trl", "ftcli-full", "ftcli-lora"}
     for name, result in report["results"].items():
         assert result["tokens_per_s"] > 0 and result["wall_s"] > 0 and result["peak_rss"] > 0, name
     assert report["results"]["ftcli-full"]["gradient_checkpointing"] is False  # auto: the smoke model fits
-    assert "| ftcli-lora |" in (tmp_path / "throughput-quick.md").read_text()
+    markdown = (tmp_path / "throughput-quick.md").read_text()
+    assert "| ftcli-lora |" in markdown and "x the raw peft LoRA loop" in markdown
 
 
 @pytest.mark.slow
