@@ -108,7 +108,7 @@ def accelerate_config(recipe: Recipe, precision: str) -> dict:
         "machine_rank": launch.machine_rank,
         "num_processes": processes_per_machine(recipe)
         * launch.num_machines,  # accelerate counts all machines
-        "main_process_port": launch.main_process_port,
+        "main_process_port": rendezvous_port(launch),
         "mixed_precision": precision if precision in ("bf16", "fp16") else "no",
         "use_cpu": device_of(recipe) == "cpu",
         "rdzv_backend": "static",
@@ -146,6 +146,20 @@ def accelerate_config(recipe: Recipe, precision: str) -> dict:
             "fsdp_cpu_ram_efficient_loading": True,
         }
     return config
+
+
+def rendezvous_port(launch) -> int:
+    """`auto`: a free port on one machine, so two runs on a node (or two test workers) do not both take torchrun's
+    29500; the nodes of a multi-node run must agree on one, so there it is 29500 unless the recipe names another."""
+    import socket
+
+    if launch.main_process_port != "auto":
+        return launch.main_process_port
+    if launch.num_machines > 1:
+        return 29500
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def launch_command(

@@ -207,6 +207,21 @@ def test_dry_run_shows_the_launch_for_each_strategy(name, expect, tmp_path, caps
     yaml.safe_dump(config)  # what would be written is a valid accelerate config file
 
 
+def test_one_machine_takes_a_free_rendezvous_port_and_nodes_agree_on_29500(capsys):
+    import socket
+
+    with socket.socket() as taken:  # another run on this node holds torchrun's default
+        taken.bind(("127.0.0.1", 29500))
+        port = dry_run(capsys, SMOKE / "sft-lora-ddp2.yaml")["config"]["main_process_port"]
+        assert port != 29500
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", port))  # free
+    nodes = dry_run(capsys, DISTRIBUTED / "two-node-ddp.yaml", "launch.main_process_port=auto")
+    assert nodes["config"]["main_process_port"] == 29500
+    named = dry_run(capsys, SMOKE / "sft-lora-ddp2.yaml", "launch.main_process_port=29611")
+    assert named["config"]["main_process_port"] == 29611
+
+
 def test_one_process_dry_run_says_in_process(capsys):
     assert dry_run(capsys, SMOKE / "sft-lora.yaml")["config"] is None
 

@@ -253,7 +253,6 @@ def test_every_engine_gives_one_recipe_the_same_loss_curve_on_the_gpu(tmp_path):
             SMOKE / "sft-full.yaml",
             *strategy,
             "launch.num_processes=1",
-            f"launch.main_process_port={29700 + len(losses)}",
             "training.max_steps=8",
             "training.logging_steps=1",
             "training.learning_rate=1e-4",

@@ -43,6 +43,21 @@ def test_wrong_type(tmp_path):
     assert "integer" in message and "'many'" in message
 
 
+def test_a_value_no_member_of_a_union_takes_says_what_each_would(tmp_path):
+    path = write_recipe(
+        tmp_path / "r.yaml", BASE + "launch:\n  num_processes: many\n  main_process_port: 0\n"
+    )
+    assert error_of(path) == (
+        f"{path}:11 launch.num_processes: expected an integer or 'auto' (got 'many') (and 1 more problem; fix this "
+        "one first)"
+    )
+    path = write_recipe(tmp_path / "r.yaml", BASE + "launch:\n  main_process_port: 0\n")
+    assert (
+        error_of(path)
+        == f"{path}:11 launch.main_process_port: expected a number greater than 0 or 'auto' (got 0)"
+    )
+
+
 def test_missing_required_key(tmp_path):
     path = write_recipe(
         tmp_path / "r.yaml", BASE.replace("  name: builtin:tiny-llama\n", "  revision: main\n")

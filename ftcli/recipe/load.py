@@ -331,10 +331,14 @@ def _dotted(path: KeyPath) -> str:
 
 
 def _to_recipe_error(exc: ValidationError, origins: Origins, raw: dict) -> RecipeError:
-    err = exc.errors()[0]
-    path = _clean_loc(tuple(err["loc"]), raw)
+    errors = exc.errors()
+    paths = [_clean_loc(tuple(e["loc"]), raw) for e in errors]
+    err, path = errors[0], paths[0]
     kind, msg = err["type"], err["msg"]
-    if kind == "extra_forbidden":
+    expected = _union_expected([e for e, p in zip(errors, paths) if p == path])
+    if expected:
+        msg = expected
+    elif kind == "extra_forbidden":
         allowed = _keys_at(path, raw)
         alias = KEY_ALIASES.get(str(path[-1]))
         guess = (
@@ -357,7 +361,7 @@ def _to_recipe_error(exc: ValidationError, origins: Origins, raw: dict) -> Recip
             path, msg = tuple(int(p) if p.isdigit() else p for p in head.split(".")), rest
     elif not isinstance(err.get("input"), (dict, list)):
         msg = f"{msg} (got {err.get('input')!r})"
-    more = len(exc.errors()) - 1
+    more = len(set(paths)) - 1  # the members of a union refusing one value are one problem
     if more:
         msg += f" (and {more} more problem{'s' if more > 1 else ''}; fix this one first)"
     return RecipeError(msg, key=_dotted(path) or "recipe", where=origins.find(path))
@@ -371,10 +375,40 @@ def _clean_loc(loc: tuple, raw: Any) -> tuple:
         in_list = isinstance(node, list) and isinstance(part, int) and part < len(node)
         if in_dict or in_list:
             node = node[part]
-        elif i < len(loc) - 1:
-            continue
+        elif i < len(loc) - 1 or not isinstance(node, (dict, list)):
+            continue  # a union member's tag (`int`, `literal['auto']`), not a key
         clean.append(part)
     return tuple(clean)
+
+
+# what a scalar union member's error says the value should be
+SCALAR_EXPECTED = {
+    "int_parsing": "an integer",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "string_type": "a string",
+}
+
+
+def _union_expected(errors: list[dict]) -> str | None:
+    """One value refused by every member of a scalar union (`int | auto`): what it may be, from all of them."""
+    if len(errors) < 2:
+        return None
+    options = []
+    for e in errors:
+        if e["type"] == "literal_error":
+            options.append(e["ctx"]["expected"])
+        elif e["type"] in SCALAR_EXPECTED:
+            options.append(SCALAR_EXPECTED[e["type"]])
+        elif e["type"] in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+            options.append(f"a number {e['msg'].removeprefix('Input should be ')}")
+        else:
+            return None
+    return f"expected {' or '.join(options)} (got {errors[0].get('input')!r})"
 
 
 def _keys_at(path: tuple, raw: Any) -> list[str]:

@@ -396,7 +396,11 @@ class LaunchSpec(Strict):
     )
     machine_rank: int = Field(0, ge=0, description="this node's rank (0 = main)")
     main_process_ip: str | None = Field(None, description="the main node's address (multi-node)")
-    main_process_port: int = Field(29500, gt=0, lt=65536, description="rendezvous port")
+    main_process_port: Annotated[int, Field(gt=0, lt=65536)] | Literal["auto"] = Field(
+        "auto",
+        description="rendezvous port; auto = a free one on one machine (two runs on a node never collide), 29500 "
+        "across machines (every node must name the same)",
+    )
     strategy: Literal["ddp", "deepspeed", "fsdp"] = Field("ddp", description="how workers share the model")
     deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec)
     fsdp: FsdpSpec = Field(default_factory=FsdpSpec)
