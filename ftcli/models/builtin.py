@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ftcli import report
 from ftcli.paths import cache_dir, cache_root
 
 # Bump when a builtin's weights, config or tokenizer change, so old caches are not reused.
@@ -184,7 +185,9 @@ def builtin_path(name: str) -> Path:
         cache_dir("builtin")
         tmp = Path(tempfile.mkdtemp(prefix=f".{short}-", dir=target.parent))
         try:
-            _materialize(short, tmp)
+            report.phase(f"building {name} (first use; kept in {target.parent})")
+            with _no_progress_bars():  # a library's "Writing model shards" bar is noise here
+                _materialize(short, tmp)
             try:
                 os.rename(tmp, target)
             except OSError:  # another process won the race: its copy is identical
@@ -192,6 +195,19 @@ def builtin_path(name: str) -> Path:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+@contextlib.contextmanager
+def _no_progress_bars():
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def build_byte_tokenizer():
