@@ -750,6 +750,17 @@ def _result_line(text: str) -> dict:
     return json.loads(line.removeprefix("RESULT ")) if line else {"status": "failed", "error": text[-1500:]}
 
 
+def _commit() -> str | None:
+    """The commit checked: git's, or a `.commit` file beside a copy made with `git archive`."""
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        marker = ROOT / ".commit"
+        return marker.read_text().strip()[:12] if marker.exists() else None
+
+
 def env_facts() -> dict:
     import importlib.metadata as md
 
@@ -762,6 +773,7 @@ def env_facts() -> dict:
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "gpu_count": torch.cuda.device_count() if torch.cuda.is_available() else 0,
         "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        "commit": _commit(),
     }
     for name in (
         "ftcli",
@@ -798,7 +810,8 @@ def markdown(results: dict) -> str:
     lines = [
         f"# ftcli GPU check ({results['mode']}, {results['date']})",
         "",
-        f"{env['gpu'] or 'no GPU'} x{env['gpu_count']}; torch {env['torch']} (CUDA {env['cuda']}), transformers "
+        f"ftcli at {env.get('commit') or 'an unknown commit'} on {env['gpu'] or 'no GPU'} x{env['gpu_count']}; "
+        f"torch {env['torch']} (CUDA {env['cuda']}), transformers "
         f"{env['transformers']}, trl {env['trl']}, peft {env['peft']}, bitsandbytes {env['bitsandbytes']}, "
         f"accelerate {env['accelerate']}, deepspeed {env['deepspeed']}. Wall {results['wall_s']} s.",
         "",

@@ -181,6 +181,18 @@ def vision_model_class(model_type: str):
     return getattr(transformers, MODEL_MAPPING_NAMES.get(model_type, ""), None)
 
 
+# --- transformers' processors ---------------------------------------------------------------------------------
+
+
+def returns_mm_token_type_ids(processor) -> bool:
+    """Whether a VLM processor gives its model per-token modality ids (Qwen2/2.5-VL's M-RoPE, Gemma 3's image
+    attention). transformers 5.2x says so with a processor class attribute; earlier 5.x with a default of its
+    kwargs class (`valid_processor_kwargs._defaults["text_kwargs"]`), the attribute absent (5.17)."""
+    kwargs = getattr(processor, "valid_processor_kwargs", None)
+    legacy = (getattr(kwargs, "_defaults", None) or {}).get("text_kwargs", {}).get("return_mm_token_type_ids")
+    return bool(legacy if legacy is not None else getattr(processor, "return_mm_token_type_ids", False))
+
+
 # --- bitsandbytes ------------------------------------------------------------------------------------------------
 
 # Linear4bit's flag for repacking its weight into the CPU's inference-only layout (models/bnb_cpu.py).

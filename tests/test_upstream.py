@@ -92,6 +92,15 @@ def test_vision_tower_classes_are_found_by_config_type():
     assert vision_model_class("llama") is not None and vision_model_class("no-such-type") is None
 
 
+def test_which_processors_return_modality_ids_is_read_from_the_installed_transformers():
+    from transformers import Gemma3Processor, LlavaProcessor, Qwen2_5_VLProcessor
+
+    from ftcli.upstream import returns_mm_token_type_ids
+
+    assert returns_mm_token_type_ids(Qwen2_5_VLProcessor) and returns_mm_token_type_ids(Gemma3Processor)
+    assert not returns_mm_token_type_ids(LlavaProcessor)
+
+
 def test_bitsandbytes_cpu_inference_layout_flag():
     import bitsandbytes as bnb
 

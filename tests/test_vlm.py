@@ -572,7 +572,13 @@ def test_qwen2_5_vl_batches_give_the_logits_of_the_processors_own_layout(tiny_qw
         [{k: out[k][i] for k in ("prompt_ids", "chosen_ids", "rejected_ids", "images")} for i in range(2)]
     )
     pair_batch.pop("completion_mask")
-    assert "mm_token_type_ids" in batch and "image_grid_thw" in pair_batch
+    probe = processor(
+        text=["<|vision_start|><|image_pad|><|vision_end|>"],
+        images=[Image.open(SHAPES / paths[0]).convert("RGB")],
+        return_tensors="pt",
+    )
+    for key in set(probe) - {"input_ids", "attention_mask"}:  # what this transformers' processor adds
+        assert key in batch and key in pair_batch, key
     with torch.no_grad():
         logits, pair_logits = model(**batch).logits, model(**pair_batch).logits
     expected = [

@@ -132,9 +132,10 @@ def _image_inputs(processor, paths: list[str], input_ids) -> dict:
     import torch
 
     from ftcli.data.images import load_rgb
+    from ftcli.upstream import returns_mm_token_type_ids
 
     out = dict(processor.image_processor(images=[load_rgb(p) for p in paths], return_tensors="pt"))
-    if getattr(processor, "return_mm_token_type_ids", False):
+    if returns_mm_token_type_ids(processor):
         kinds = torch.tensor(processor.create_mm_token_type_ids(input_ids.tolist()))
         out["token_type_ids" if "token_type_ids" in processor.model_input_names else "mm_token_type_ids"] = (
             kinds

@@ -124,16 +124,30 @@ class GitLLM(nn.Module):
     def activation_checkpointing_enable(
         self, activation_checkpointing_kwargs=None, every_n_layers=1, offload=False
     ):
-        """What Trainer calls (transformers 5). The LM always backpropagates (to the projection at least); a frozen
-        vision encoder never does, so it is not checkpointed."""
+        """What Trainer calls (transformers 5.2x). The LM always backpropagates (to the projection at least); a
+        frozen vision encoder never does, so it is not checkpointed."""
         parts = [self.lm] + ([self.vision] if any(p.requires_grad for p in self.vision.parameters()) else [])
         for part in parts:
-            part.activation_checkpointing_enable(
-                activation_checkpointing_kwargs=activation_checkpointing_kwargs,
-                every_n_layers=every_n_layers,
-                offload=offload,
-            )
+            if hasattr(part, "activation_checkpointing_enable"):
+                part.activation_checkpointing_enable(
+                    activation_checkpointing_kwargs=activation_checkpointing_kwargs,
+                    every_n_layers=every_n_layers,
+                    offload=offload,
+                )
+            else:  # transformers before 5.2x: the older name, every layer, no offload
+                part.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs=activation_checkpointing_kwargs
+                )
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **_):
+        """What the Trainer of transformers before 5.2x calls."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs)
 
     def activation_checkpointing_disable(self):
-        self.vision.activation_checkpointing_disable()
-        self.lm.activation_checkpointing_disable()
+        for part in (self.vision, self.lm):
+            if hasattr(part, "activation_checkpointing_disable"):
+                part.activation_checkpointing_disable()
+            else:
+                part.gradient_checkpointing_disable()
+
+    gradient_checkpointing_disable = activation_checkpointing_disable

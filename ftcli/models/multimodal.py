@@ -78,7 +78,10 @@ def load_vision(recipe: Recipe):
             )
         pickle = None if recipe.model.allow_pickle else True  # as for the LM: safetensors only unless allowed
         vision = cls.from_pretrained(source, dtype=compute_dtype(recipe), use_safetensors=pickle, **common)
-        processor = transformers.AutoImageProcessor.from_pretrained(source, backend="pil", **common)
+        # from its module: transformers 5.17's top-level AutoImageProcessor demands torchvision even for Pillow
+        from transformers.models.auto.image_processing_auto import AutoImageProcessor
+
+        processor = AutoImageProcessor.from_pretrained(source, backend="pil", **common)
     except (OSError, ValueError) as exc:
         raise RecipeError(
             f"cannot load {spec.vision_model}: {str(exc).splitlines()[0]}", key="multimodal.vision_model"
