@@ -67,13 +67,14 @@ def wants_workers(recipe: Recipe) -> bool:
     return processes_per_machine(recipe) * recipe.launch.num_machines > 1
 
 
-def check_engine(recipe: Recipe, precision: str) -> None:
-    """The workers can run the engine asked for: refused before any run dir or worker exists."""
+def check_engine(recipe: Recipe, config: dict) -> None:
+    """The workers can run the engine their accelerate `config` asks for: refused before any run dir or worker
+    exists."""
     from ftcli.models.hardware import device_of
 
     own = recipe.launch.config_file
     key = "launch.config_file" if own else "launch.strategy"
-    engine = accelerate_config(recipe, precision).get("distributed_type")
+    engine = config.get("distributed_type")
     if engine == "DEEPSPEED" and not installed("deepspeed"):
         raise RecipeError(
             f"{'this accelerate config asks for DeepSpeed, which' if own else 'DeepSpeed'} is not installed; pip "
@@ -171,18 +172,18 @@ def launch_command(
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_path), *worker]
 
 
-def dry_run(recipe: Recipe, command: str, precision: str, resume: bool) -> dict:
+def dry_run(recipe: Recipe, command: str, config: dict, resume: bool) -> dict:
     """What would run, without running it or touching the output dir."""
     from ftcli.run_dir import RESOLVED, run_dir_of
 
     out = run_dir_of(recipe)
     return {
-        "config": accelerate_config(recipe, precision),
+        "config": config,
         "command": launch_command(command, out, out / RESOLVED, out / CONFIG_NAME, resume),
     }
 
 
-def run_workers(recipe: Recipe, command: str, precision: str, overwrite: bool, resume: bool) -> dict:
+def run_workers(recipe: Recipe, command: str, config: dict, overwrite: bool, resume: bool) -> dict:
     """Open and lock the run dir here, then hand the run to accelerate-launched workers and wait for them. Ctrl-C
     and SIGTERM reach every worker; a worker's failure is this command's failure; summary.json ends with the truth
     even when the workers could not write it."""
@@ -203,7 +204,7 @@ def run_workers(recipe: Recipe, command: str, precision: str, overwrite: bool, r
     recipe_file = private_recipe(recipe)  # what the workers run, secrets included, readable by this user only
     try:
         config_path = launch_files / CONFIG_NAME
-        config_path.write_text(yaml.safe_dump(accelerate_config(recipe, precision), sort_keys=False))
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         cmd = launch_command(command, out, recipe_file, config_path, resume)
         report.phase(f"launching: {shlex.join(cmd)}")
         return _wait_for_workers(cmd, out)

@@ -72,10 +72,11 @@ def run(
 
     workers = launcher == "accelerate" or (launcher == "auto" and dispatch.wants_workers(recipe))
     if workers and not dispatch.in_worker():
+        config = dispatch.accelerate_config(recipe, precision(recipe))  # once: an `auto` port is probed here
         if dry_run:
-            return dispatch.dry_run(recipe, command, precision(recipe), resume)
-        dispatch.check_engine(recipe, precision(recipe))
-        return dispatch.run_workers(recipe, command, precision(recipe), overwrite, resume)
+            return dispatch.dry_run(recipe, command, config, resume)
+        dispatch.check_engine(recipe, config)
+        return dispatch.run_workers(recipe, command, config, overwrite, resume)
     if dry_run:
         return {
             "config": None,

@@ -9,6 +9,22 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
 DATA = RECIPES / "data"
 
+# `launch:` overrides that put one recipe on each distributed engine
+ENGINES = {
+    "ddp": [],
+    "fsdp": ["launch.strategy=fsdp"],
+    "zero2": ["launch.strategy=deepspeed", "launch.deepspeed.zero_stage=2"],
+    "zero3": ["launch.strategy=deepspeed", "launch.deepspeed.zero_stage=3"],
+}
+
+
+def logged_losses(run_dir: Path) -> list[float]:
+    """The training losses a run logged, in step order (its metrics.jsonl)."""
+    import json
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if "loss" in r]
+
 
 def run_cli(*args, env=None, cwd=None, input=None, timeout=600):
     """Run ftcli in a fresh process: returns (exit code, stdout, stderr)."""

@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from tests.conftest import GPUS_ENV, UNSET
-from tests.helpers import RECIPES
+from tests.helpers import ENGINES, RECIPES, logged_losses
 
 SMOKE = RECIPES / "smoke"
 SHAPES = RECIPES / "data" / "shapes"
@@ -239,14 +239,8 @@ def test_dpo_on_image_pairs_learns_on_the_gpu(tmp_path):
 def test_every_engine_gives_one_recipe_the_same_loss_curve_on_the_gpu(tmp_path):
     """DDP, FSDP and DeepSpeed ZeRO-2/3 through accelerate on one GPU (one process each), full fine-tuning in bf16:
     the same loss curve within bf16 rounding (the H200 report had 8.53 / 7.22 / 8.53 / 7.22)."""
-    engines = {
-        "ddp": [],
-        "fsdp": ["launch.strategy=fsdp"],
-        "zero2": ["launch.strategy=deepspeed", "launch.deepspeed.zero_stage=2"],
-        "zero3": ["launch.strategy=deepspeed", "launch.deepspeed.zero_stage=3"],
-    }
     losses = {}
-    for name, strategy in engines.items():
+    for name, strategy in ENGINES.items():
         out = tmp_path / name
         code, _, err = ftcli(
             "train",
@@ -262,8 +256,7 @@ def test_every_engine_gives_one_recipe_the_same_loss_curve_on_the_gpu(tmp_path):
             "accelerate",
         )
         assert code == 0, err
-        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        losses[name] = [r["loss"] for r in rows if "loss" in r]
+        losses[name] = logged_losses(out)
     for name, curve in losses.items():
         assert len(curve) == 8, (name, curve)
         for step, (loss, ref) in enumerate(zip(curve, losses["ddp"]), 1):
